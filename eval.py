@@ -1,0 +1,23 @@
+"""Evaluate a checkpoint: python eval.py ckpt=path/to/last.ckpt [dataset=...] [mode=indoor]
+
+Writes metrics.json in the Hydra run dir and prints the results table. See configs/eval.yaml.
+"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from tskd.entry import record_failure
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    from tskd.run import evaluate
+
+    with record_failure(cfg.paths.output_dir):
+        metrics = evaluate(cfg, overrides=list(HydraConfig.get().overrides.task))
+    return (metrics.get("mean") or {}).get("rank1")
+
+
+if __name__ == "__main__":
+    main()

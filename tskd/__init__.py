@@ -1,0 +1,3 @@
+"""tskd: Two-Stage Knowledge Distillation for visible-infrared person re-identification."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,64 @@
+"""Reading checkpoints written by train.py safely, and rebuilding the model they hold.
+
+Checkpoints are loaded with ``torch.load(weights_only=True)``: they hold only tensors,
+primitives and plain containers, so a file can never run code. Every problem (missing file, a
+file that is not a tskd checkpoint, a model that does not fit) raises
+:class:`tskd.errors.CheckpointError` naming the file and what to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tskd.errors import CheckpointError
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict at ``path`` (on CPU), checked to be a tskd checkpoint."""
+    p = Path(path)
+    if not p.is_file():
+        hint = ""
+        if p.parent.is_dir():
+            found = sorted(x.name for x in p.parent.glob("*.ckpt"))[:5]
+            hint = f" Checkpoints in {p.parent}: {found}." if found else ""
+        raise CheckpointError(
+            f"checkpoint {p} does not exist.{hint} Pass ckpt=<run dir>/checkpoints/last.ckpt."
+        )
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling refused or a damaged file
+        raise CheckpointError(
+            f"cannot read checkpoint {p} with weights_only=True ({type(e).__name__}: {e}). "
+            "Only checkpoints written by tskd's train.py are accepted."
+        ) from e
+    if not isinstance(ckpt, dict) or "tskd" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(
+            f"{p} is not a tskd checkpoint (no 'tskd' metadata); pass a checkpoint written by "
+            "train.py (<run dir>/checkpoints/last.ckpt)."
+        )
+    return ckpt
+
+
+def build_module(ckpt: dict, path: str | Path = "<checkpoint>", **overrides):
+    """A ``TSKDModule`` with the checkpoint's weights, in eval mode.
+
+    Args:
+        ckpt: A dict from :func:`load_checkpoint`.
+        path: Its file, for messages.
+        **overrides: Constructor arguments to replace (e.g. ``eval={"flip": True}``).
+    """
+    from tskd.models.tskd_module import TSKDModule  # heavy import only when needed
+
+    hp = dict(ckpt.get("hyper_parameters", {}))
+    hp.update(overrides)
+    try:
+        module = TSKDModule(**hp)
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except (RuntimeError, TypeError, KeyError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the model it describes ({e}). It was written by an "
+            "incompatible tskd version or edited; retrain or use the matching tskd version."
+        ) from e
+    return module.eval()

@@ -1,0 +1,21 @@
+"""Exceptions that carry a message a user can act on.
+
+Every error raised for bad input names the offending file or value and says what to do about
+it; these classes only let callers (and tests) tell the kinds apart.
+"""
+
+
+class TSKDError(Exception):
+    """Base class of the project's own errors."""
+
+
+class DatasetError(TSKDError, ValueError):
+    """A dataset folder, split file, image or cache is missing or malformed."""
+
+
+class CheckpointError(TSKDError, RuntimeError):
+    """A checkpoint is unreadable or does not fit the requested model/dataset."""
+
+
+class NonFiniteLossError(TSKDError, FloatingPointError):
+    """Training produced a NaN/Inf loss; the message names step, batch ids and loss terms."""
