@@ -1,0 +1,126 @@
+"""train.py and eval.py end to end on synthetic data, on CPU: single process, DDP, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import TINY, run_entry
+
+METRIC_KEYS = {"trial", "rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}
+
+
+def _train(run_dir, data_dir, *extra):
+    return run_entry("train.py", ["experiment=synthetic", *TINY, f"paths.data_dir={data_dir}",
+                                  f"hydra.run.dir={run_dir}", *extra])
+
+
+def _check_schema(metrics: dict, dataset: str, n_trials: int) -> None:
+    assert {"dataset", "mode", "direction", "feature", "trials", "mean", "std"} <= set(metrics)
+    assert metrics["dataset"] == dataset and metrics["feature"] == "fc"
+    assert len(metrics["trials"]) == n_trials
+    for t in metrics["trials"]:
+        assert set(t) == METRIC_KEYS
+        assert 0.0 <= t["mAP"] <= 100.0 and t["rank1"] <= t["rank5"] <= t["rank20"] <= 100.0
+    assert set(metrics["mean"]) >= METRIC_KEYS - {"trial"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    run = tmp_path_factory.mktemp("train_run")
+    proc = _train(run, data_dir, "trainer.max_epochs=3")
+    return run, proc
+
+
+def test_train_writes_checkpoint_and_metrics(trained):
+    run, proc = trained
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    _check_schema(metrics, "sysu", 10)
+    assert metrics["mode"] == "all"
+    features = {(r["mode"], r["feature"]) for r in metrics["results"]}
+    assert features == {("all", "fc"), ("all", "pool")}
+    assert "rank1" in proc.stdout or "R1" in proc.stdout  # the printed table
+    assert (run / ".hydra" / "config.yaml").is_file() and (run / "run_info.json").is_file()
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["tskd"]["dataset"] == "sysu" and ckpt["tskd"]["backbone"] == "resnet18"
+    assert ckpt["tskd"]["img_size"] == [64, 32] and ckpt["epoch"] == 2
+    # the csv logger recorded every loss term of the staged schedule (stage II from epoch 2)
+    logged = (run / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for term in ("train/ce_epoch", "train/tri_epoch", "train/sm_epoch", "train/md_epoch"):
+        assert term in logged
+
+
+def test_eval_on_checkpoint(trained, tmp_path, data_dir):
+    run, _ = trained
+    out = tmp_path / "eval"
+    proc = run_entry("eval.py", [f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "dataset=synthetic",
+                                 "mode=indoor", f"paths.data_dir={data_dir}",
+                                 "data.num_workers=0", f"hydra.run.dir={out}"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    _check_schema(metrics, "sysu", 10)
+    assert metrics["mode"] == "indoor"
+    assert "indoor" in proc.stdout
+
+
+def test_eval_refuses_mismatched_backbone(trained, tmp_path, data_dir):
+    run, _ = trained
+    with pytest.raises(AssertionError, match="holds a resnet18 but model.backbone=resnet50"):
+        run_entry("eval.py", [f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "dataset=synthetic",
+                              "model.backbone=resnet50", f"paths.data_dir={data_dir}",
+                              f"hydra.run.dir={tmp_path / 'e'}"])
+    status = json.loads((tmp_path / "e" / "status.json").read_text())
+    assert status["status"] == "failed" and "resnet18" in status["error"]
+
+
+def test_eval_refuses_missing_checkpoint(tmp_path, data_dir):
+    with pytest.raises(AssertionError, match="does not exist"):
+        run_entry("eval.py", [f"ckpt={tmp_path / 'nope.ckpt'}", "dataset=synthetic",
+                              f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path / 'e'}"])
+
+
+def test_eval_refuses_other_dataset(trained, tmp_path, data_dir):
+    run, _ = trained
+    with pytest.raises(AssertionError, match="was trained on sysu but dataset=regdb"):
+        run_entry("eval.py", [f"ckpt={run / 'checkpoints' / 'last.ckpt'}",
+                              "dataset=synthetic_regdb", f"paths.data_dir={data_dir}",
+                              f"hydra.run.dir={tmp_path / 'e'}"])
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, data_dir):
+    full, part = tmp_path / "full", tmp_path / "part"
+    common = ["trainer.max_epochs=3", "test_after_training=false", "logger=none"]
+    _train(full, data_dir, *common)
+    _train(part, data_dir, *common[1:], "trainer.max_epochs=2")
+    _train(part, data_dir, *common, f"ckpt={part / 'checkpoints' / 'last.ckpt'}")
+    a = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(part / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    # prototypes and confidences are part of the state: they exist and were carried over
+    assert bool(a["state_dict"]["bank.valid"].any())
+
+
+def test_ddp_two_cpu_processes(tmp_path, data_dir):
+    run = tmp_path / "ddp"
+    _train(run, data_dir, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+           "trainer.precision=32-true", "trainer.channels_last=false", "trainer.max_epochs=3")
+    metrics = json.loads((run / "metrics.json").read_text())
+    _check_schema(metrics, "sysu", 10)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert bool(ckpt["state_dict"]["bank.valid"].any())
+
+
+def test_regdb_layout_both_directions(tmp_path, data_dir):
+    run = tmp_path / "regdb"
+    run_entry("train.py", ["dataset=synthetic_regdb", "dataset.trial=2", *TINY,
+                           "trainer.max_epochs=2", f"paths.data_dir={data_dir}",
+                           f"hydra.run.dir={run}"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    _check_schema(metrics, "regdb", 1)
+    assert metrics["direction"] == "visible2thermal" and metrics["trials"][0]["trial"] == 2
+    directions = {r["direction"] for r in metrics["results"]}
+    assert directions == {"visible2thermal", "thermal2visible"}

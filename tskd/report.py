@@ -1,0 +1,300 @@
+"""Sweep summary: one table and ``summary.json`` over the runs of a Hydra multirun.
+
+A sweep dir holds one run dir per job (any dir with ``.hydra/overrides.yaml``). A run is "ok"
+when it wrote ``metrics.json``, "failed" when it wrote ``status.json`` with status "failed",
+and "incomplete" otherwise (still running or cut off). Runs are grouped into settings by their
+overrides minus the trial axis (``group_out``); for every (mode/direction, feature) result the
+summary holds the mean and the population std (ddof=0) over runs of each run's mean metrics.
+Failed and incomplete runs are listed per setting, never dropped.
+
+``python -m tskd.report SWEEP_DIR [--quiet]`` rebuilds the summary at any time;
+``SweepSummaryCallback`` does it from inside the sweep (registered in ``configs/hydra``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import logging
+import os
+import re
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.utils import JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from tskd.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+METRICS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+HEADERS = ("R1", "R5", "R10", "R20", "mAP", "mINP")
+MAX_DEPTH = 4  # run dirs are found this many levels below the sweep dir at most
+RESULT_KEYS = ("dataset", "mode", "direction", "feature")
+
+
+def _natural_key(text: str) -> list:
+    # "10" must sort after "9": job dirs are numbered, not zero-padded.
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", text)]
+
+
+def _find_run_dirs(root: Path) -> list[Path]:
+    found = []
+    for cur, dirs, _ in os.walk(root):
+        here = Path(cur)
+        if (here / ".hydra" / "overrides.yaml").is_file():
+            found.append(here)
+            dirs[:] = []  # a run's own subfolders (checkpoints, logs) hold no further runs
+        elif len(here.relative_to(root).parts) >= MAX_DEPTH:
+            dirs[:] = []
+        else:
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+    return sorted(found, key=lambda p: _natural_key(p.relative_to(root).as_posix()))
+
+
+def _split(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value  # "+seed=1" and "seed=1" name the same key
+
+
+def _run_results(metrics: Any, path: Path) -> list[dict]:
+    """Validate a metrics.json object; returns its per-(setting, feature) summaries."""
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path} holds {type(metrics).__name__}, expected an object")
+    results = metrics.get("results", [metrics])
+    if not isinstance(results, list) or not results:
+        raise ValueError(f"{path}: 'results' must be a non-empty list")
+    for res in results:
+        mean = res.get("mean") if isinstance(res, dict) else None
+        missing = [m for m in METRICS if not isinstance((mean or {}).get(m), (int, float))]
+        if missing:
+            raise ValueError(f"{path}: a result lacks numeric mean {missing}")
+    return results
+
+
+def _read_run(run_dir: Path, root: Path) -> dict:
+    ov_file = run_dir / ".hydra" / "overrides.yaml"
+    try:
+        overrides = yaml.safe_load(ov_file.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise DatasetError(f"cannot read {ov_file} ({e}); restore or delete that run dir") from e
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise DatasetError(f"{ov_file} is not a list of 'key=value' strings; restore or delete it")
+    rec = {"dir": run_dir.relative_to(root).as_posix() or ".", "overrides": overrides,
+           "status": "incomplete", "error": None, "metrics": None}
+    met_file, st_file = run_dir / "metrics.json", run_dir / "status.json"
+    failed = None  # the error message when status.json records a failure
+    if st_file.is_file():
+        try:
+            st = json.loads(st_file.read_text())
+        except (OSError, ValueError) as e:
+            st = {"status": "failed", "error": f"unreadable status.json: {e}"}
+        if isinstance(st, dict) and st.get("status") == "failed":
+            failed = str(st.get("error") or "failed (no error message in status.json)")
+    # A failure newer than metrics.json (crash after the test) wins; metrics newer than the
+    # failure means the run was resumed and finished.
+    if failed is not None and not (met_file.is_file()
+                                   and met_file.stat().st_mtime > st_file.stat().st_mtime):
+        rec.update(status="failed", error=failed)
+    elif met_file.is_file():
+        try:
+            metrics = json.loads(met_file.read_text())
+            _run_results(metrics, met_file)
+            rec.update(status="ok", metrics=metrics)
+        except (OSError, ValueError) as e:
+            rec.update(status="failed", error=f"bad metrics.json: {e}")
+    return rec
+
+
+def collect_runs(sweep_dir: str | os.PathLike) -> list[dict]:
+    """Reads every run dir below ``sweep_dir``.
+
+    Returns:
+        Run records ``{"dir", "overrides", "status", "error", "metrics"}`` in job order; status
+        is "ok", "failed" or "incomplete".
+
+    Raises:
+        DatasetError: the dir is missing, holds no run dirs, or has a malformed overrides.yaml.
+    """
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise DatasetError(f"sweep dir {root} does not exist; pass the dir of a "
+                           "`python train.py -m ...` sweep")
+    runs = [_read_run(d, root) for d in _find_run_dirs(root)]
+    if not runs:
+        raise DatasetError(f"no run dirs (with .hydra/overrides.yaml) found in {root}; pass the "
+                           "sweep dir itself, not a run dir's parent or a single run dir's files")
+    return runs
+
+
+def _trial(overrides: list[str], group_out: tuple[str, ...]) -> Any:
+    picked = {k: yaml.safe_load(v) if v else v for k, v in map(_split, overrides)
+              if k in group_out}
+    return next(iter(picked.values())) if len(picked) == 1 else (picked or None)
+
+
+def summarize_sweep(sweep_dir: str | os.PathLike,
+                    group_out: tuple[str, ...] = ("dataset.trial", "seed")) -> dict:
+    """Groups runs into settings and aggregates their metrics over the trial axis.
+
+    Args:
+        sweep_dir: the multirun dir.
+        group_out: override keys that form the trial axis; all other overrides form a setting.
+
+    Returns:
+        A JSON-serialisable dict: ``counts`` (ok/failed/incomplete/total) and ``settings``, each
+        with its ``overrides``, ``counts``, ``results`` (per dataset/mode/direction/feature: ``n``,
+        ``trials``, ``runs``, ``mean`` and population std ``std`` (ddof=0) over runs of each
+        run's mean metrics) and the ``failed``/``incomplete`` runs with dir, trial and error.
+    """
+    runs = collect_runs(sweep_dir)
+    settings: dict[tuple, dict] = {}
+    for run in runs:
+        ovs = sorted(o for o in run["overrides"] if _split(o)[0] not in group_out)
+        s = settings.setdefault(tuple(ovs), {
+            "overrides": ovs, "counts": {"ok": 0, "failed": 0, "incomplete": 0},
+            "results": {}, "failed": [], "incomplete": []})
+        s["counts"][run["status"]] += 1
+        trial = _trial(run["overrides"], group_out)
+        if run["status"] != "ok":
+            s[run["status"]].append({"dir": run["dir"], "trial": trial, "error": run["error"]})
+            continue
+        for res in _run_results(run["metrics"], Path(run["dir"])):
+            key = tuple(res.get(k) for k in RESULT_KEYS)
+            agg = s["results"].setdefault(key, {**dict(zip(RESULT_KEYS, key)), "trials": [],
+                                                "runs": [], "values": []})
+            agg["trials"].append(trial)
+            agg["runs"].append(run["dir"])
+            agg["values"].append(res["mean"])
+    for s in settings.values():
+        for agg in s["results"].values():
+            vals = agg.pop("values")
+            agg["n"] = len(vals)
+            agg["mean"] = {m: statistics.fmean(v[m] for v in vals) for m in METRICS}
+            agg["std"] = {m: statistics.pstdev([float(v[m]) for v in vals]) for m in METRICS}
+        s["results"] = list(s["results"].values())
+    counts = {k: sum(r["status"] == k for r in runs) for k in ("ok", "failed", "incomplete")}
+    return {"sweep_dir": str(sweep_dir), "group_out": list(group_out),
+            "std": "population std (ddof=0) over runs", "counts": {**counts, "total": len(runs)},
+            "settings": list(settings.values())}
+
+
+def format_summary(summary: dict) -> str:
+    """Renders a summary as an aligned text table plus one line per failed/incomplete run."""
+    head = ("setting", "result", "n", *HEADERS)
+    rows, notes = [], []
+    for s in summary["settings"]:
+        label = " ".join(s["overrides"]) or "(defaults)"
+        for r in s["results"]:
+            name = " ".join(str(r[k]) for k in ("mode", "direction", "feature") if r.get(k))
+            rows.append((label, name or "-", str(r["n"]),
+                         *(f"{r['mean'][m]:.2f}±{r['std'][m]:.2f}" for m in METRICS)))
+        if not s["results"]:
+            rows.append((label, "(no finished run)", "0", *("-" for _ in METRICS)))
+        for kind in ("failed", "incomplete"):
+            for f in s[kind]:
+                why = f": {f['error']}" if f.get("error") else ""
+                notes.append(f"{kind.upper()}: run {f['dir']} (trial {f['trial']}, {label}){why}")
+    widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+             for row in (head, *rows)]
+    lines.insert(1, "-" * len(lines[0]))
+    tail = "runs: {ok} ok, {failed} failed, {incomplete} incomplete".format(**summary["counts"])
+    return "\n".join([*lines, *notes, tail]) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # Temp file in the same dir + rename: a reader never sees a half-written summary.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a summary is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_summary(sweep_dir: str | os.PathLike) -> Path:
+    """Writes ``summary.json`` and ``summary.txt`` into the sweep dir; returns the json path."""
+    root = Path(sweep_dir)
+    summary = summarize_sweep(root)
+    _write_atomic(root / "summary.json", json.dumps(summary, indent=2) + "\n")
+    _write_atomic(root / "summary.txt", format_summary(summary))
+    return root / "summary.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rebuilds SWEEP_DIR/summary.json and .txt, prints the table; exit 2 on a missing/empty dir."""
+    parser = argparse.ArgumentParser(prog="python -m tskd.report", description=main.__doc__)
+    parser.add_argument("sweep_dir", help="the Hydra multirun dir of the sweep")
+    parser.add_argument("--quiet", action="store_true", help="write the files, print nothing")
+    args = parser.parse_args(argv)
+    try:
+        path = write_summary(args.sweep_dir)
+    except (DatasetError, OSError) as e:
+        sys.stderr.write(f"tskd.report: error: {e}\n")
+        return 2
+    if not args.quiet:
+        sys.stdout.write((path.parent / "summary.txt").read_text())
+    return 0
+
+
+class SweepSummaryCallback(Callback):
+    """Hydra callback that keeps ``summary.json``/``summary.txt`` of a multirun up to date.
+
+    The files are rewritten after every job, so a sweep killed mid-way still has them. Hydra
+    skips ``on_multirun_end`` when a job raised, so the closing table is also logged from an
+    ``atexit`` hook set in ``on_multirun_start``; whichever comes first does it, once.
+    """
+
+    def __init__(self) -> None:
+        self._sweep_dir: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._sweep_dir = str(config.hydra.sweep.dir)
+        atexit.register(self._final)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN:
+            return  # a single run has no sweep to summarise
+        status = Path(str(config.hydra.runtime.output_dir)) / "status.json"
+        if job_return.status == JobStatus.FAILED and not status.exists():
+            # The job failed before train.py could record it; say so rather than "incomplete".
+            err = job_return._return_value  # the property re-raises; we only want the message
+            msg = " ".join(f"{type(err).__name__}: {err}".split())
+            _write_atomic(status, json.dumps({"status": "failed", "error": msg}) + "\n")
+        try:
+            write_summary(config.hydra.sweep.dir)
+        except (DatasetError, OSError) as e:
+            log.warning("sweep summary not updated: %s", e)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._sweep_dir = str(config.hydra.sweep.dir)
+        self._final()
+
+    def _final(self) -> None:
+        if self._sweep_dir is None:
+            return
+        sweep_dir, self._sweep_dir = self._sweep_dir, None
+        atexit.unregister(self._final)
+        try:
+            path = write_summary(sweep_dir)
+        except (DatasetError, OSError) as e:
+            log.warning("sweep summary not written: %s", e)
+            return
+        log.info("sweep summary -> %s\n%s", path, path.with_suffix(".txt").read_text().rstrip())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
