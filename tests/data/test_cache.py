@@ -1,0 +1,212 @@
+"""Tests of the memory-mapped image cache: build, reuse, every rebuild reason, standard arrays."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tskd.data import cache
+from tskd.data.cache import cached_images, load_image, manifest_path, standard_train_arrays
+from tskd.errors import DatasetError
+
+SIZE = (24, 12)  # (h, w)
+
+
+def _write_images(folder, n, seed=0, mode="RGB"):
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        h, w = rng.integers(20, 60), rng.integers(10, 40)
+        arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        img = Image.fromarray(arr).convert(mode)
+        p = folder / f"img{i:02d}.png"
+        img.save(p)
+        paths.append(str(p))
+    return paths
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    return _write_images(folder, 5)
+
+
+def _reference(path, size):
+    h, w = size
+    return np.asarray(Image.open(path).convert("RGB").resize((w, h), Image.LANCZOS))
+
+
+def test_load_image_equals_pil_lanczos(images, tmp_path):
+    out = load_image(images[0], SIZE)
+    assert out.dtype == np.uint8 and out.shape == (24, 12, 3)
+    np.testing.assert_array_equal(out, _reference(images[0], SIZE))
+    gray = _write_images(tmp_path, 1, seed=3, mode="L")[0]
+    g = load_image(gray, SIZE)
+    assert g.shape == (24, 12, 3)
+    np.testing.assert_array_equal(g[..., 0], g[..., 2])  # grayscale -> 3 equal channels
+
+
+@pytest.mark.parametrize("content", [b"not an image at all", None])
+def test_load_image_corrupt_or_missing_names_file(tmp_path, content):
+    bad = tmp_path / "broken.jpg"
+    if content is not None:
+        bad.write_bytes(content)
+    with pytest.raises(DatasetError, match="broken.jpg") as err:
+        load_image(bad, SIZE)
+    assert "re-download" in str(err.value) and "remove" in str(err.value)
+
+
+def test_build_then_reuse_without_rebuild(images, tmp_path, caplog):
+    cfile = tmp_path / "cache" / "train.npy"
+    with caplog.at_level(logging.INFO, logger="tskd.data.cache"):
+        arr = cached_images(images, cfile, SIZE, desc="visible")
+    assert "visible: building cache" in caplog.text and "array missing" in caplog.text
+    assert isinstance(arr, np.memmap) and not arr.flags.writeable
+    assert arr.shape == (5, 24, 12, 3) and arr.dtype == np.uint8
+    for i, p in enumerate(images):
+        np.testing.assert_array_equal(arr[i], _reference(p, SIZE))
+    manifest = json.loads(manifest_path(cfile).read_text())
+    assert manifest["version"] == cache.FORMAT_VERSION and manifest["size"] == [24, 12]
+    assert manifest["count"] == 5 and manifest["files"] == images
+    assert manifest["fingerprint"] == cache.fingerprint(images)
+    assert not list(cfile.parent.glob("*.partial"))
+
+    before = os.stat(cfile)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tskd.data.cache"):
+        again = cached_images(images, cfile, SIZE, desc="visible")
+    after = os.stat(cfile)
+    assert "visible: reusing cache" in caplog.text and "building" not in caplog.text
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+    assert isinstance(again, np.memmap)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(arr))
+
+
+def _rebuild_log(caplog, paths, cfile, size=SIZE):
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tskd.data.cache"):
+        arr = cached_images(paths, cfile, size)
+    return arr, caplog.text
+
+
+def test_rebuild_reasons(images, tmp_path, caplog):
+    cfile = tmp_path / "c.npy"
+    cached_images(images, cfile, SIZE)
+
+    arr, text = _rebuild_log(caplog, images, cfile, size=(16, 8))
+    assert "size changed" in text and arr.shape == (5, 16, 8, 3)
+
+    arr, text = _rebuild_log(caplog, images[:4], cfile, size=(16, 8))
+    assert "file list changed" in text and arr.shape == (4, 16, 8, 3)
+
+    # Same name, new pixels and a new mtime: must be re-decoded.
+    new = np.full((30, 20, 3), 200, dtype=np.uint8)
+    Image.fromarray(new).save(images[1])
+    st = os.stat(images[1])
+    os.utime(images[1], ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    arr, text = _rebuild_log(caplog, images[:4], cfile, size=(16, 8))
+    assert "sources changed" in text
+    np.testing.assert_array_equal(arr[1], np.full((16, 8, 3), 200, dtype=np.uint8))
+
+    # Truncated array (e.g. disk full): detected, rebuilt.
+    data = cfile.read_bytes()
+    cfile.write_bytes(data[: len(data) // 2])
+    arr, text = _rebuild_log(caplog, images[:4], cfile, size=(16, 8))
+    assert "array damaged" in text and arr.shape == (4, 16, 8, 3)
+
+    manifest_path(cfile).unlink()
+    _, text = _rebuild_log(caplog, images[:4], cfile, size=(16, 8))
+    assert "manifest missing" in text
+
+
+def test_interrupted_build_leaves_nothing_valid(images, tmp_path, monkeypatch):
+    cfile = tmp_path / "c.npy"
+    real = cache.load_image
+    calls = []
+
+    def flaky(path, size):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(path, size)
+
+    monkeypatch.setattr(cache, "load_image", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        cached_images(images, cfile, SIZE)
+    assert not cfile.exists() and not manifest_path(cfile).exists()
+    assert not list(tmp_path.glob("*.partial"))
+    monkeypatch.setattr(cache, "load_image", real)
+    assert cached_images(images, cfile, SIZE).shape == (5, 24, 12, 3)
+
+
+def test_parallel_decode_keeps_order(images, tmp_path):
+    serial = cached_images(images, tmp_path / "a.npy", SIZE)
+    parallel = cached_images(images, tmp_path / "b.npy", SIZE, num_workers=2)
+    np.testing.assert_array_equal(np.asarray(serial), np.asarray(parallel))
+
+
+def test_unwritable_cache_dir_and_empty_list(images, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where a folder is needed: fails even when run as root
+    with pytest.raises(DatasetError, match="dataset.cache_dir") as err:
+        cached_images(images, blocker / "sub" / "c.npy", SIZE)
+    assert str(blocker / "sub") in str(err.value)
+    with pytest.raises(DatasetError, match="no images"):
+        cached_images([], tmp_path / "c.npy", SIZE)
+
+
+def test_corrupt_source_during_build_names_file(images, tmp_path):
+    bad = tmp_path / "src" / "zz_bad.jpg"
+    bad.write_bytes(b"\xff\xd8garbage")
+    with pytest.raises(DatasetError, match="zz_bad.jpg"):
+        cached_images([*images, str(bad)], tmp_path / "c.npy", SIZE)
+
+
+def _save_standard(root, vis, ir, vis_labels, ir_labels):
+    np.save(root / "train_rgb_resized_img.npy", vis)
+    np.save(root / "train_rgb_resized_label.npy", vis_labels)
+    np.save(root / "train_ir_resized_img.npy", ir)
+    np.save(root / "train_ir_resized_label.npy", ir_labels)
+
+
+def test_standard_arrays_accepted_when_they_fit(tmp_path):
+    rng = np.random.default_rng(0)
+    vis = rng.integers(0, 256, size=(6, 24, 12, 3), dtype=np.uint8)
+    ir = rng.integers(0, 256, size=(4, 24, 12, 3), dtype=np.uint8)
+    vl, il = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 2, 2])
+    assert standard_train_arrays(tmp_path, SIZE, vl, il) is None  # nothing there yet
+    _save_standard(tmp_path, vis, ir, vl, il)
+    got = standard_train_arrays(tmp_path, SIZE, vl, il)
+    assert got is not None
+    assert all(isinstance(a, np.memmap) and not a.flags.writeable for a in got)
+    np.testing.assert_array_equal(got[0], vis)
+    np.testing.assert_array_equal(got[1], ir)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [("size", "shape"), ("count", "shape"), ("labels", "labels differ"), ("dtype", "uint8")],
+)
+def test_standard_arrays_rejected_when_they_do_not_fit(tmp_path, caplog, case, message):
+    vis = np.zeros((6, 24, 12, 3), np.uint8)
+    ir = np.zeros((4, 24, 12, 3), np.uint8)
+    vl, il = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 2, 2])
+    saved_vl = vl.copy()
+    if case == "size":
+        vis = np.zeros((6, 20, 12, 3), np.uint8)
+    elif case == "count":
+        vis, saved_vl = vis[:5], vl[:5]
+    elif case == "labels":
+        saved_vl = np.array([0, 0, 1, 2, 2, 2])
+    else:
+        vis = vis.astype(np.float32)
+    _save_standard(tmp_path, vis, ir, saved_vl, il)
+    with caplog.at_level(logging.INFO, logger="tskd.data.cache"):
+        assert standard_train_arrays(tmp_path, SIZE, vl, il) is None
+    assert "ignoring" in caplog.text and message in caplog.text

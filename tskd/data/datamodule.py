@@ -1,0 +1,258 @@
+"""The LightningDataModule: SYSU-MM01 / RegDB lists, the image cache, loaders for every pass.
+
+Passes it serves:
+- training: identity-aligned batches ``(vis1, vis2, ir, labels, vis_idx, ir_idx)`` from the
+  cross-modality identity sampler (which splits identities across DDP ranks itself);
+- confidence: plain passes over all training images of one modality (the GMM pass of each
+  epoch), split across ranks by stride;
+- test: every image the test protocol needs, each once, with its modality and protocol index.
+
+All images come from memory-mapped uint8 caches, so workers share the page cache instead of each
+holding a copy of the arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tskd.data import regdb, sysu
+from tskd.data.cache import cached_images, standard_train_arrays
+from tskd.data.datasets import CachedImageSet, CrossModalityTrainSet, RowView, TestImageSet
+from tskd.data.protocol import INFRARED, VISIBLE, Search, TestProtocol
+from tskd.data.samplers import CrossModalityIdentitySampler
+from tskd.data.synthetic import ensure_synthetic
+from tskd.data.transforms import TrainTransform
+from tskd.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+SYSU_TRIALS = range(10)
+
+
+class ReIDDataModule(pl.LightningDataModule):
+    """SYSU-MM01 or RegDB for TSKD training and the standard test protocol.
+
+    Args:
+        name: Protocol, ``"sysu"`` or ``"regdb"``.
+        root: Dataset folder in the raw layout (see PROTOCOL.md).
+        img_h: Cached image height.
+        img_w: Cached image width.
+        trial: SYSU: gallery trial to test (None = all ten); RegDB: the split 1..10.
+        modes: SYSU search modes to test (``"all"``, ``"indoor"``); ignored for RegDB.
+        shots: Gallery images per identity and camera (SYSU).
+        cache_dir: Folder for the resized-image caches (default ``ROOT/tskd_cache``).
+        synthetic: ``{"layout": "sysu"|"regdb", "seed": int}`` to generate the dataset at ``root``
+            when it is not there yet, or None for real data.
+        num_ids: P identities per batch (per device).
+        num_pos: K images per identity and modality.
+        num_workers: DataLoader workers.
+        test_batch_size: Batch size of the test and confidence passes.
+        seed: Seed of the identity sampler (augmentation draws derive from it).
+        pad, erasing_p, gray_p, channel_exchange: Train augmentation (METHOD.md "Batches").
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        img_h: int = 288,
+        img_w: int = 144,
+        trial: int | None = None,
+        modes: tuple[str, ...] | list[str] = ("all",),
+        shots: int = 1,
+        cache_dir: str | None = None,
+        synthetic: dict | None = None,
+        num_ids: int = 8,
+        num_pos: int = 4,
+        num_workers: int = 2,
+        test_batch_size: int = 128,
+        seed: int = 0,
+        pad: int = 10,
+        erasing_p: float = 0.5,
+        gray_p: float = 0.5,
+        channel_exchange: bool = True,
+    ) -> None:
+        super().__init__()
+        if name not in ("sysu", "regdb"):
+            raise DatasetError(f"dataset.name={name!r} is not a protocol; use 'sysu' or 'regdb'")
+        if name == "regdb" and trial not in regdb.TRIALS:
+            raise DatasetError(f"dataset.trial={trial!r}: RegDB needs a split 1..10")
+        if name == "sysu" and trial is not None and trial not in SYSU_TRIALS:
+            raise DatasetError(f"dataset.trial={trial!r}: SYSU gallery trials are 0..9 (or null)")
+        self.name, self.root, self.trial = name, str(root), trial
+        self.size = (int(img_h), int(img_w))
+        self.modes = tuple(modes)
+        self.shots = int(shots)
+        self.cache_dir = Path(cache_dir) if cache_dir else Path(self.root) / "tskd_cache"
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.num_ids, self.num_pos = int(num_ids), int(num_pos)
+        self.num_workers, self.test_batch_size, self.seed = num_workers, test_batch_size, seed
+        self.transform = TrainTransform(
+            self.size[0], self.size[1], pad=pad, erasing_p=erasing_p, gray_p=gray_p,
+            channel_exchange=channel_exchange,
+        )
+        self._ready = False
+
+    # ----------------------------------------------------------------------------- lists
+    def _ensure_data(self) -> None:
+        if self.synthetic:
+            ensure_synthetic(self.root, **self.synthetic)
+
+    def _train_lists(self) -> tuple[list, list]:
+        if self.name == "sysu":
+            return sysu.train_set(self.root)
+        return regdb.train_set(self.root, self.trial)
+
+    def _test_lists(self) -> tuple[list, list]:
+        """(query-side records, gallery-side records) whose union the test cache holds."""
+        if self.name == "sysu":
+            return sysu.query_set(self.root), sysu.gallery_candidates(self.root, "all")
+        return regdb.test_set(self.root, self.trial)
+
+    def _cache(self, paths: list[str], tag: str) -> np.ndarray:
+        h, w = self.size
+        file = self.cache_dir / f"{self.name}_{tag}_{h}x{w}.npy"
+        return cached_images(paths, file, self.size, desc=f"caching {tag} images")
+
+    def prepare_data(self) -> None:
+        """Generate synthetic data and build the caches once (rank 0 of each node)."""
+        self._ensure_data()
+        self._load(build_only=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self._ready:
+            self._ensure_data()
+            self._load()
+            self._ready = True
+
+    def _arrays(self, vis: list, ir: list, test: list) -> tuple:
+        """(visible, infrared, test) image arrays aligned with the three record lists.
+
+        SYSU: one cache per list (or the standard ``train_*_resized_img.npy`` files). RegDB: one
+        cache of every image any split names, viewed through row indices, so the ten splits of a
+        sweep share it instead of writing ten copies.
+        """
+        if self.name == "sysu":
+            std = standard_train_arrays(
+                self.root, self.size, np.array([r[1] for r in vis]), np.array([r[1] for r in ir])
+            )
+            if std is None:
+                std = (self._cache([r[0] for r in vis], "train_visible"),
+                       self._cache([r[0] for r in ir], "train_infrared"))
+            return (*std, self._cache([r[0] for r in test], "test"))
+        listed = regdb.listed_paths(self.root)
+        images = self._cache(listed, "all")
+        row = {p: i for i, p in enumerate(listed)}
+        return tuple(RowView(images, [row[r[0]] for r in recs]) for recs in (vis, ir, test))
+
+    def _load(self, build_only: bool = False) -> None:
+        vis, ir = self._train_lists()
+        query_side, gallery_side = self._test_lists()
+        test = list(query_side) + list(gallery_side)
+        vis_images, ir_images, test_images = self._arrays(vis, ir, test)
+        if build_only:
+            return
+        self.train_visible, self.train_infrared = vis, ir
+        self.visible_labels = np.array([r[1] for r in vis], dtype=np.int64)
+        self.infrared_labels = np.array([r[1] for r in ir], dtype=np.int64)
+        self.visible_images, self.infrared_images = vis_images, ir_images
+        self.test_images = test_images
+        self.protocol = self._protocol(list(query_side), list(gallery_side))
+        log.info(
+            "%s: %d ids, %d visible + %d infrared training images; %d test images, %d searches",
+            self.name, self.num_classes, len(vis), len(ir), len(self.protocol.paths),
+            len(self.protocol.searches),
+        )
+
+    def _protocol(self, query_side: list, gallery_side: list) -> TestProtocol:
+        records = query_side + gallery_side
+        nq = len(query_side)
+        if self.name == "sysu":
+            modality = [INFRARED] * nq + [VISIBLE] * len(gallery_side)
+            row = {r[0]: nq + i for i, r in enumerate(gallery_side)}
+            query = np.arange(nq, dtype=np.int64)
+            trials = SYSU_TRIALS if self.trial is None else [self.trial]
+            searches = []
+            for mode in self.modes:
+                for t in trials:
+                    g = sysu.gallery_set(self.root, mode=mode, trial=t, shots=self.shots)
+                    searches.append(Search(mode, t, query, np.array([row[r[0]] for r in g])))
+        else:
+            modality = [VISIBLE] * nq + [INFRARED] * len(gallery_side)
+            vis_idx = np.arange(nq, dtype=np.int64)
+            th_idx = np.arange(nq, len(records), dtype=np.int64)
+            searches = [
+                Search("visible2thermal", self.trial, vis_idx, th_idx),
+                Search("thermal2visible", self.trial, th_idx, vis_idx),
+            ]
+        return TestProtocol(
+            dataset=self.name, paths=[r[0] for r in records],
+            pids=np.array([r[1] for r in records]), cams=np.array([r[2] for r in records]),
+            modality=np.array(modality), searches=searches,
+        )
+
+    # ------------------------------------------------------------------------ properties
+    @property
+    def num_classes(self) -> int:
+        return int(self.visible_labels.max()) + 1
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _loader(self, dataset: Dataset, batch_size: int, **kw) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=batch_size, num_workers=self.num_workers,
+            persistent_workers=False, pin_memory=torch.cuda.is_available(), **kw,
+        )
+
+    # ------------------------------------------------------------------------- loaders
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        sampler = CrossModalityIdentitySampler(
+            self.visible_labels, self.infrared_labels, num_ids=self.num_ids,
+            num_pos=self.num_pos, seed=self.seed, rank=rank, world_size=world,
+        )
+        dataset = CrossModalityTrainSet(
+            self.visible_images, self.infrared_images, self.visible_labels,
+            self.infrared_labels, self.transform,
+        )
+        return DataLoader(
+            dataset, batch_sampler=sampler, num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def confidence_dataloader(self, modality: int) -> DataLoader:
+        """All training images of one modality, this rank's stride (for the GMM pass)."""
+        rank, world = self._rank_world()
+        images, labels = ((self.visible_images, self.visible_labels) if modality == VISIBLE
+                          else (self.infrared_images, self.infrared_labels))
+        rows = np.arange(rank, len(labels), world)
+        subset = torch.utils.data.Subset(CachedImageSet(images, labels), rows.tolist())
+        return self._loader(subset, self.test_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Each image the protocol needs once; under DDP split by stride with padding.
+
+        Padding repeats rows so every rank has the same number of batches; the retrieval metric
+        drops the repeats by protocol index.
+        """
+        rank, world = self._rank_world()
+        needed = self.protocol.needed()
+        per_rank = math.ceil(len(needed) / world)
+        padded = np.resize(needed, per_rank * world)  # repeats from the start: dropped later
+        mine = padded[rank::world]
+        dataset = TestImageSet(self.test_images, self.protocol.modality, mine)
+        return self._loader(dataset, self.test_batch_size, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

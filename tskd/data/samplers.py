@@ -1,0 +1,140 @@
+"""Identity-aligned cross-modality batch sampler with its own DDP rank split.
+
+A batch holds P identities and, for each, K visible and K infrared images drawn with replacement,
+as B = P*K aligned slots ``(vis_idx, ir_idx, sample_seed)``: slot j belongs to identity
+``ids[j // K]``, so the visible and infrared image of every slot share a label.
+
+Distributed training: every rank builds the same *global* stream from a generator seeded by
+``(seed, epoch)``. Each global batch draws P*world_size distinct identities without replacement
+and rank r keeps the slice ``[r*P, (r+1)*P)``; so within a global step no identity is duplicated
+across ranks and none is dropped. The sampler does its own split, so Lightning must not wrap it
+(``Trainer(use_distributed_sampler=False)``); it exposes ``set_epoch`` where Lightning looks for
+it (``batch_sampler.sampler.set_epoch``).
+
+Epoch length (METHOD.md): G = floor(N / (P*K)) + 1 batches of P*K per device-equivalent, with
+N = max(#visible, #infrared). With world_size ranks every rank yields ceil(G / world_size)
+batches (the same count on every rank, so collective ops never hang).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from tskd.errors import DatasetError
+
+Slot = tuple[int, int, int]
+
+
+def _group(labels: np.ndarray, n_ids: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices sorted by label, each label's start offset and count."""
+    rows = np.argsort(labels, kind="stable")
+    counts = np.bincount(labels, minlength=n_ids)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return rows, starts, counts
+
+
+def _as_labels(labels: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer):
+        raise DatasetError(f"{name} labels must be a non-empty 1-D integer array, got shape "
+                           f"{arr.shape} dtype {arr.dtype}; check the dataset's record lists")
+    return arr.astype(np.int64)
+
+
+class CrossModalityIdentitySampler(Sampler[list[Slot]]):
+    """Yields lists of P*K ``(vis_idx, ir_idx, sample_seed)`` slots; use as ``batch_sampler``.
+
+    Args:
+        visible_labels: (N_v,) label of every visible training row, labels 0..n-1.
+        infrared_labels: (N_i,) label of every infrared training row.
+        num_ids: P, identities per batch on each rank (``data.num_ids``).
+        num_pos: K, visible and infrared images per identity (``data.num_pos``).
+        seed: Base seed; the stream of an epoch depends only on (seed, epoch, world_size).
+        rank: This process's rank.
+        world_size: Number of ranks.
+
+    Raises:
+        DatasetError: Labels are not 0..n-1, an identity lacks one modality, or there are
+            fewer than P*world_size identities.
+    """
+
+    def __init__(self, visible_labels: Sequence[int] | np.ndarray,
+                 infrared_labels: Sequence[int] | np.ndarray, num_ids: int = 8,
+                 num_pos: int = 4, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__()
+        vis = _as_labels(visible_labels, "visible")
+        ir = _as_labels(infrared_labels, "infrared")
+        if num_ids < 1 or num_pos < 1:
+            raise DatasetError(f"data.num_ids={num_ids} and data.num_pos={num_pos} must be >= 1")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..world_size-1 (world_size={world_size})")
+        present = np.union1d(vis, ir)
+        n_ids = int(present.max()) + 1
+        if present.min() < 0 or len(present) != n_ids:
+            missing = np.setdiff1d(np.arange(max(n_ids, 0)), present)[:5].tolist()
+            raise DatasetError(f"training labels must be 0..n-1 without gaps; found min "
+                               f"{present.min()}, max {present.max()}, missing {missing}...; "
+                               "relabel identities consecutively")
+        self.vis_rows, self.vis_start, self.vis_count = _group(vis, n_ids)
+        self.ir_rows, self.ir_start, self.ir_count = _group(ir, n_ids)
+        for name, counts in (("visible", self.vis_count), ("infrared", self.ir_count)):
+            if (counts == 0).any():
+                bad = np.flatnonzero(counts == 0)[:5].tolist()
+                raise DatasetError(f"identities {bad} have no {name} image; every training "
+                                   "identity needs both modalities; remove them from the split")
+        if n_ids < num_ids * world_size:
+            raise DatasetError(
+                f"{n_ids} training identities cannot fill {num_ids} distinct ids x {world_size} "
+                "devices per step; lower data.num_ids or the number of devices")
+        self.num_ids, self.num_pos = num_ids, num_pos
+        self.n_ids, self.seed = n_ids, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        n = max(len(vis), len(ir))
+        self.num_global_batches = n // (num_ids * num_pos) + 1  # G of METHOD.md
+        self.num_batches = math.ceil(self.num_global_batches / world_size)  # per rank
+
+    @property
+    def sampler(self) -> CrossModalityIdentitySampler:
+        """Itself: Lightning calls ``batch_sampler.sampler.set_epoch`` at every epoch start."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch whose stream ``__iter__`` yields."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def global_stream(self, epoch: int | None = None) -> np.ndarray:
+        """The whole epoch's slots of all ranks.
+
+        Returns:
+            int64 (num_batches, world_size*P*K, 3): columns vis_idx, ir_idx, sample_seed.
+        """
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch]))
+        slots = self.world_size * self.num_ids * self.num_pos
+        # Seeds are base + a running slot counter (mod 2**63): unique within the epoch.
+        base = np.uint64(rng.integers(0, 2**63, dtype=np.int64))
+        out = np.empty((self.num_batches, slots, 3), dtype=np.int64)
+        for b in range(self.num_batches):
+            ids = rng.choice(self.n_ids, size=self.world_size * self.num_ids, replace=False)
+            ids = np.repeat(ids, self.num_pos)  # (slots,): slot j -> identity ids[j // K]
+            v_off = rng.integers(0, self.vis_count[ids])  # with replacement, per slot
+            i_off = rng.integers(0, self.ir_count[ids])
+            out[b, :, 0] = self.vis_rows[self.vis_start[ids] + v_off]
+            out[b, :, 1] = self.ir_rows[self.ir_start[ids] + i_off]
+            counter = np.arange(b * slots, (b + 1) * slots, dtype=np.uint64)
+            out[b, :, 2] = ((base + counter) % np.uint64(2**63)).astype(np.int64)
+        return out
+
+    def __iter__(self) -> Iterator[list[Slot]]:
+        per_rank = self.num_ids * self.num_pos
+        lo, hi = self.rank * per_rank, (self.rank + 1) * per_rank
+        for batch in self.global_stream():
+            yield [(int(v), int(i), int(s)) for v, i, s in batch[lo:hi]]
