@@ -1,0 +1,1 @@
+"""Tests of the TSKD losses (tskd.losses)."""

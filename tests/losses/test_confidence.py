@@ -1,0 +1,85 @@
+"""GMM confidences: bimodal separation, agreement with scikit-learn, degenerate inputs."""
+
+import pytest
+import torch
+
+from tskd.errors import DatasetError, NonFiniteLossError
+from tskd.losses import gmm_confidence
+
+
+def _bimodal(seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    low = 0.2 + 0.1 * torch.randn(300, generator=gen).abs()  # clean samples: small CE
+    high = 2.0 + 0.3 * torch.randn(100, generator=gen)  # noisy samples: large CE
+    return torch.cat([low, high])
+
+
+def test_bimodal_low_loss_cluster_is_trusted():
+    losses = _bimodal()
+    w = gmm_confidence(losses)
+    assert w.shape == (400,) and w.dtype == torch.float32
+    assert torch.all((w >= 0) & (w <= 1))
+    assert w[:300].min() > 0.99
+    assert w[300:].max() < 0.01
+
+
+def test_exact_two_point_case():
+    # normalised to [0, 0, 1, 1]: two point masses with variance reg_covar; the posterior of the
+    # low component is 1 / (1 + exp(-1 / (2 * 5e-4))) == 1 at 0 and its complement at 1
+    w = gmm_confidence(torch.tensor([3.0, 3.0, 7.0, 7.0], dtype=torch.float64))
+    assert w.dtype == torch.float64
+    torch.testing.assert_close(w, torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64))
+
+
+def test_invariant_to_affine_rescaling_and_permutation_equivariant():
+    losses = _bimodal(1).double()
+    w = gmm_confidence(losses)
+    torch.testing.assert_close(gmm_confidence(3.0 * losses + 5.0), w)
+    perm = torch.randperm(losses.numel(), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(gmm_confidence(losses[perm]), w[perm])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_sklearn_gaussian_mixture(seed):
+    mixture = pytest.importorskip("sklearn.mixture")
+    losses = _bimodal(seed).double()
+    x = ((losses - losses.min()) / (losses.max() - losses.min())).numpy().reshape(-1, 1)
+    gm = mixture.GaussianMixture(
+        n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4, random_state=0
+    ).fit(x)
+    ref = gm.predict_proba(x)[:, gm.means_.argmin()]
+    ours = gmm_confidence(losses).numpy()
+    assert abs(ours - ref).max() < 1e-2
+
+
+def test_degenerate_inputs_give_full_confidence():
+    torch.testing.assert_close(gmm_confidence(torch.full((5,), 0.7)), torch.ones(5))
+    torch.testing.assert_close(gmm_confidence(torch.tensor([2.5])), torch.ones(1))
+    # integer input still gives float weights
+    assert gmm_confidence(torch.tensor([1, 1, 1])).dtype == torch.float32
+
+
+def test_empty_input_raises_dataset_error():
+    with pytest.raises(DatasetError, match="empty loss vector"):
+        gmm_confidence(torch.zeros(0))
+
+
+def test_non_finite_input_names_the_samples():
+    losses = torch.tensor([0.1, float("nan"), 0.3, float("inf")])
+    with pytest.raises(NonFiniteLossError, match=r"2 non-finite .*\[1, 3\]"):
+        gmm_confidence(losses)
+
+
+def test_bad_shape_and_settings_raise():
+    with pytest.raises(ValueError, match="1-D tensor"):
+        gmm_confidence(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="reg_covar > 0"):
+        gmm_confidence(torch.rand(10), reg_covar=0.0)
+
+
+def test_losses_are_not_modified_and_graph_is_ignored():
+    losses = _bimodal().requires_grad_(True)
+    before = losses.detach().clone()
+    w = gmm_confidence(losses)
+    assert not w.requires_grad
+    assert torch.equal(losses.detach(), before)

@@ -1,0 +1,138 @@
+"""Per-sample confidences from a two-component 1-D Gaussian mixture on the training losses.
+
+Clean, well-fitted samples have small cross-entropy and noisy or hard ones large, so the loss
+distribution is roughly bimodal. Following the SI loss of TSKD, the losses of one modality are
+min-max normalised to [0, 1], a two-component Gaussian mixture is fitted to them by EM and each
+sample's confidence is the posterior probability of the component with the lower mean.
+
+The EM is our own small float64 implementation (scikit-learn is not a dependency). It mirrors
+``sklearn.mixture.GaussianMixture(n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4)``:
+hard 2-means responsibilities initialise the parameters, every iteration is an E-step then an
+M-step, the loop stops once the mean log-likelihood changes by less than ``tol`` and a final
+E-step produces the posteriors. The 2-means starts from the minimum and maximum (0 and 1 after
+normalisation), so the result is deterministic, which keeps all DDP ranks identical.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tskd.errors import DatasetError, NonFiniteLossError
+
+__all__ = ["gmm_confidence"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+# sklearn adds 10 * float eps to each component mass so a component can never become empty
+_MASS_EPS = 10.0 * torch.finfo(torch.float64).eps
+
+
+def _two_means(x: torch.Tensor, max_iter: int = 100) -> torch.Tensor:
+    """Lloyd's 2-means on 1-D data started at the min (0) and max (1).
+
+    Returns a bool tensor (N,), True where the sample belongs to the upper cluster. Both
+    clusters stay non-empty: the minimum always sits with the lower centre, the maximum with
+    the upper one.
+    """
+    centres = x.new_tensor([0.0, 1.0])
+    upper = (x - centres[0]).abs() > (x - centres[1]).abs()  # ties go to the lower cluster
+    for _ in range(max_iter):
+        new_centres = torch.stack([x[~upper].mean(), x[upper].mean()])
+        if torch.equal(new_centres, centres):
+            break
+        centres = new_centres
+        upper = (x - centres[0]).abs() > (x - centres[1]).abs()
+    return upper
+
+
+def _m_step(
+    x: torch.Tensor, resp: torch.Tensor, reg_covar: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mixture weights (2,), means (2,) and variances (2,) from responsibilities (N, 2)."""
+    mass = resp.sum(0) + _MASS_EPS  # (2,)
+    means = (resp * x[:, None]).sum(0) / mass
+    variances = (resp * (x[:, None] - means) ** 2).sum(0) / mass + reg_covar
+    return mass / x.shape[0], means, variances
+
+
+def _e_step(
+    x: torch.Tensor, weights: torch.Tensor, means: torch.Tensor, variances: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean log-likelihood (scalar) and log-responsibilities (N, 2)."""
+    log_gauss = -0.5 * (_LOG_2PI + variances.log() + (x[:, None] - means) ** 2 / variances)
+    weighted = log_gauss + weights.log()  # (N, 2)
+    log_norm = torch.logsumexp(weighted, dim=1)  # (N,)
+    return log_norm.mean(), weighted - log_norm[:, None]
+
+
+def gmm_confidence(
+    losses: torch.Tensor,
+    max_iter: int = 10,
+    tol: float = 1e-2,
+    reg_covar: float = 5e-4,
+) -> torch.Tensor:
+    """Confidence of every sample = posterior of the low-loss component of a 2-GMM.
+
+    Args:
+        losses: Per-sample losses of one modality, shape (N,).
+        max_iter: Maximum number of EM iterations.
+        tol: Stop once the mean log-likelihood changes by less than this.
+        reg_covar: Added to each component variance (normalised scale) for stability.
+
+    Returns:
+        Weights in [0, 1], shape (N,), on the device of ``losses`` and in its dtype (float32
+        for non-floating input). Degenerate inputs give all ones (every sample fully trusted):
+        N == 1, or all losses equal (nothing separates clean from noisy samples).
+
+    Raises:
+        ValueError: If ``losses`` is not 1-D or the EM settings are invalid.
+        DatasetError: If ``losses`` is empty (no training images of that modality).
+        NonFiniteLossError: If any loss is NaN or infinite.
+    """
+    if losses.dim() != 1:
+        raise ValueError(
+            f"losses must be a 1-D tensor (one loss per sample), got shape "
+            f"{tuple(losses.shape)}; flatten it first"
+        )
+    if max_iter < 1 or tol <= 0 or reg_covar <= 0:
+        raise ValueError(
+            f"invalid GMM settings max_iter={max_iter}, tol={tol}, reg_covar={reg_covar}; "
+            "use max_iter >= 1, tol > 0 and reg_covar > 0 (defaults 10, 1e-2, 5e-4)"
+        )
+    out_dtype = losses.dtype if losses.is_floating_point() else torch.float32
+    n = losses.shape[0]
+    if n == 0:
+        raise DatasetError(
+            "gmm_confidence got an empty loss vector: the modality has no training images; "
+            "check the training split of the dataset"
+        )
+    # the fit is tiny (N scalars); on the CPU in float64 it is exact and identical on all ranks
+    x = losses.detach().to(device="cpu", dtype=torch.float64)
+    bad = ~torch.isfinite(x)
+    if bad.any():
+        idx = bad.nonzero().flatten()[:10].tolist()
+        raise NonFiniteLossError(
+            f"gmm_confidence got {int(bad.sum())} non-finite per-sample losses (first indices "
+            f"{idx}); the network diverged — lower the learning rate or resume from an earlier "
+            "checkpoint"
+        )
+    lo, hi = x.min(), x.max()
+    if n < 2 or hi == lo:
+        return torch.ones(n, dtype=out_dtype, device=losses.device)
+    x = (x - lo) / (hi - lo)  # (N,) in [0, 1]
+
+    upper = _two_means(x)
+    resp = torch.stack([~upper, upper], dim=1).to(torch.float64)  # (N, 2) hard assignments
+    weights, means, variances = _m_step(x, resp, reg_covar)
+    prev = -math.inf
+    for _ in range(max_iter):
+        log_lik, log_resp = _e_step(x, weights, means, variances)
+        weights, means, variances = _m_step(x, log_resp.exp(), reg_covar)
+        if abs(float(log_lik) - prev) < tol:
+            break
+        prev = float(log_lik)
+    _, log_resp = _e_step(x, weights, means, variances)
+    low = int(torch.argmin(means))
+    conf = log_resp[:, low].exp().clamp_(0.0, 1.0)  # (N,)
+    return conf.to(dtype=out_dtype, device=losses.device)
