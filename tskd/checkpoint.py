@@ -52,6 +52,8 @@ def build_module(ckpt: dict, path: str | Path = "<checkpoint>", **overrides):
     from tskd.models.tskd_module import TSKDModule  # heavy import only when needed
 
     hp = dict(ckpt.get("hyper_parameters", {}))
+    # the weights come from the checkpoint: never download or read ImageNet weights again
+    hp["model"] = {**hp.get("model", {}), "pretrained": False}
     hp.update(overrides)
     try:
         module = TSKDModule(**hp)

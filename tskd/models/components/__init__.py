@@ -1,0 +1,5 @@
+"""Building blocks of the TSKD network; :class:`TwoStreamNet` is the assembled model."""
+
+from tskd.models.components.network import TwoStreamNet
+
+__all__ = ["TwoStreamNet"]
