@@ -1,0 +1,216 @@
+"""RegDB: raw folder layout, the ten train/test splits and the two search directions.
+
+Dataset (Nguyen et al., "Person Recognition System Based on a Combination of Body Images from
+Visible Light and Thermal Cameras", Sensors 2017): 412 identities, each with 10 visible and 10
+thermal images taken at the same time by a dual-camera system. The standard protocol defines
+10 random splits ("trials" 1..10), each with 206 training identities (labels 0..205) and the
+206 other identities for testing (2,060 visible + 2,060 thermal test images). One model is
+trained per trial and tested on that trial only (another trial's test ids were seen in training).
+
+Layout::
+
+    ROOT/Visible/<id>/*.bmp   ROOT/Thermal/<id>/*.bmp
+    ROOT/idx/{train,test}_{visible,thermal}_{t}.txt     t = 1..10, lines "relative/path label"
+
+Directions: visible2thermal = visible query, thermal gallery; thermal2visible = the reverse.
+The metric removes nothing and uses image-level CMC (see ``tskd.metrics``). Every list is taken
+from the idx files as they are; test identities are the files' labels.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from pathlib import Path
+
+from tskd.errors import DatasetError
+
+DIRECTIONS = ("visible2thermal", "thermal2visible")
+TRIALS = range(1, 11)
+VISIBLE_CAM = 1
+THERMAL_CAM = 2
+SPLITS = ("train", "test")
+MODALITIES = ("visible", "thermal")
+
+_LAYOUT = (
+    "Expected layout:\n"
+    "  ROOT/Visible/<id>/*.bmp, ROOT/Thermal/<id>/*.bmp\n"
+    "  ROOT/idx/{train,test}_{visible,thermal}_{1..10}.txt with lines 'relative/path label'"
+)
+
+Record = tuple[str, int, int]
+
+
+def check_root(root: str | os.PathLike) -> Path:
+    """Check that ``root`` holds ``Visible/``, ``Thermal/`` and ``idx/``.
+
+    Raises:
+        DatasetError: The root or any of those folders is missing (all are listed).
+    """
+    path = Path(root)
+    if not path.is_dir():
+        raise DatasetError(
+            f"RegDB root {str(root)!r} does not exist or is not a folder. Set dataset.root to "
+            f"the folder holding Visible/, Thermal/ and idx/.\n{_LAYOUT}"
+        )
+    missing = [name for name in ("Visible", "Thermal", "idx") if not (path / name).is_dir()]
+    if missing:
+        raise DatasetError(
+            f"RegDB root {str(root)!r} lacks the folder(s) {', '.join(missing)}. Set dataset.root "
+            f"to the unpacked RegDB folder.\n{_LAYOUT}"
+        )
+    return path
+
+
+def _check_trial(trial: int) -> int:
+    """The trial as an int (numpy ints accepted), or DatasetError naming the valid range."""
+    try:
+        value = None if isinstance(trial, bool) else operator.index(trial)
+    except TypeError:
+        value = None
+    if value not in TRIALS:
+        raise DatasetError(
+            f"RegDB trial {trial!r} is out of range; valid trials are "
+            f"{TRIALS.start}..{TRIALS.stop - 1} (set dataset.trial)."
+        )
+    return value
+
+
+def read_idx(
+    root: str | os.PathLike, split: str, modality: str, trial: int
+) -> list[tuple[str, int]]:
+    """Read ``ROOT/idx/{split}_{modality}_{trial}.txt``.
+
+    Args:
+        root: Dataset root.
+        split: ``"train"`` or ``"test"``.
+        modality: ``"visible"`` or ``"thermal"``.
+        trial: 1..10.
+
+    Returns:
+        ``(path, label)`` per non-blank line, in file order; ``path`` joined onto ``root``.
+
+    Raises:
+        DatasetError: Bad split/modality/trial, missing file, malformed line, or a listed image
+            that does not exist.
+    """
+    trial = _check_trial(trial)
+    if split not in SPLITS or modality not in MODALITIES:
+        raise DatasetError(
+            f"RegDB idx file wanted for split {split!r} / modality {modality!r}; valid: "
+            f"split in {SPLITS}, modality in {MODALITIES}."
+        )
+    file = os.path.join(root, "idx", f"{split}_{modality}_{trial}.txt")
+    if not os.path.isfile(file):
+        raise DatasetError(
+            f"RegDB split file {file} is missing. Restore the idx/ folder of the dataset.\n"
+            f"{_LAYOUT}"
+        )
+    records: list[tuple[str, int]] = []
+    with open(file, encoding="utf-8") as fh:
+        for number, raw in enumerate(fh, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            fields = line.rsplit(maxsplit=1)  # the path is everything before the last field
+            label = fields[-1]
+            if len(fields) != 2 or not (label.isascii() and label.lstrip("-").isdigit()):
+                raise DatasetError(
+                    f"RegDB split file {file}, line {number}: {line[:120]!r} is malformed; "
+                    "expected 'relative/path label' (e.g. 'Visible/12/img.bmp 3'). Fix or "
+                    "restore the file."
+                )
+            path = os.path.join(root, fields[0])
+            if not os.path.isfile(path):
+                raise DatasetError(
+                    f"RegDB split file {file}, line {number} lists {path}, which does not exist. "
+                    "Restore the image or check dataset.root."
+                )
+            records.append((path, int(label)))
+    if not records:
+        raise DatasetError(f"RegDB split file {file} lists no image; restore it.")
+    return records
+
+
+def _same_labels(root, split: str, trial: int, vis: list, the: list) -> None:
+    """Both modalities of a split must cover the same identities."""
+    only_v = sorted({r[1] for r in vis} - {r[1] for r in the})
+    only_t = sorted({r[1] for r in the} - {r[1] for r in vis})
+    if only_v or only_t:
+        raise DatasetError(
+            f"RegDB {split} split {trial} under {str(root)!r}: idx/{split}_visible_{trial}.txt "
+            f"and idx/{split}_thermal_{trial}.txt disagree on labels (only visible: "
+            f"{only_v[:10]}, only thermal: {only_t[:10]}). Restore the idx files."
+        )
+
+
+def train_set(root: str | os.PathLike, trial: int) -> tuple[list[Record], list[Record]]:
+    """Training images of one trial as ``(path, label, cam)``, visible and thermal.
+
+    Raises:
+        DatasetError: Labels not contiguous from 0, or the two modalities' labels differ.
+    """
+    check_root(root)
+    out = []
+    for modality, cam in (("visible", VISIBLE_CAM), ("thermal", THERMAL_CAM)):
+        pairs = read_idx(root, "train", modality, trial)
+        labels = sorted({label for _, label in pairs})
+        if labels != list(range(len(labels))):
+            raise DatasetError(
+                f"RegDB split file {os.path.join(root, 'idx', f'train_{modality}_{trial}.txt')}"
+                f" has labels {labels[0]}..{labels[-1]} ({len(labels)} distinct); training "
+                "labels must be 0..n-1 without gaps. Relabel or restore the file."
+            )
+        out.append([(p, label, cam) for p, label in pairs])
+    _same_labels(root, "train", trial, out[0], out[1])
+    return out[0], out[1]
+
+
+def test_set(root: str | os.PathLike, trial: int) -> tuple[list[Record], list[Record]]:
+    """Test images of one trial as ``(path, pid, cam)`` with pid = the file's label.
+
+    Raises:
+        DatasetError: The two modalities' identities differ.
+    """
+    check_root(root)
+    vis = [(p, pid, VISIBLE_CAM) for p, pid in read_idx(root, "test", "visible", trial)]
+    the = [(p, pid, THERMAL_CAM) for p, pid in read_idx(root, "test", "thermal", trial)]
+    _same_labels(root, "test", trial, vis, the)
+    return vis, the
+
+
+def query_gallery(
+    root: str | os.PathLike, trial: int, direction: str
+) -> tuple[list[Record], list[Record]]:
+    """``(query, gallery)`` test records of one trial for a search direction.
+
+    Raises:
+        DatasetError: Unknown direction.
+    """
+    if direction not in DIRECTIONS:
+        raise DatasetError(
+            f"Unknown RegDB direction {direction!r}; valid: {', '.join(DIRECTIONS)}."
+        )
+    vis, the = test_set(root, trial)
+    return (vis, the) if direction == "visible2thermal" else (the, vis)
+
+
+def listed_paths(root: str | os.PathLike) -> list[str]:
+    """Sorted unique image paths named by every idx file present (one cache for all trials).
+
+    Raises:
+        DatasetError: No idx file is present.
+    """
+    check_root(root)
+    paths: set[str] = set()
+    for trial in TRIALS:
+        for split in SPLITS:
+            for modality in MODALITIES:
+                if os.path.isfile(os.path.join(root, "idx", f"{split}_{modality}_{trial}.txt")):
+                    paths.update(p for p, _ in read_idx(root, split, modality, trial))
+    if not paths:
+        raise DatasetError(
+            f"RegDB root {str(root)!r} has no idx/{{train,test}}_{{visible,thermal}}_{{t}}.txt "
+            f"file for t in 1..10. Restore the idx folder.\n{_LAYOUT}"
+        )
+    return sorted(paths)

@@ -1,0 +1,295 @@
+"""SYSU-MM01: raw folder layout, training lists and the standard query/gallery protocol.
+
+Dataset (Wu et al., "RGB-Infrared Cross-Modality Person Re-Identification", ICCV 2017):
+491 identities seen by 6 cameras. cam1 and cam2 are indoor visible cameras, cam4 and cam5
+outdoor visible cameras, cam3 an indoor infrared camera (same room as cam2) and cam6 an outdoor
+infrared camera. The official split lists 296 training + 99 validation identities, used together
+as the 395 training identities (labels 0..394 in ascending raw-id order), and 96 test identities.
+Real counts: 22,258 visible + 11,909 infrared training images; 3,803 query images; the
+single-shot all-search gallery holds 301 images per trial.
+
+Layout::
+
+    ROOT/cam1 ... cam6/<pid as %04d>/<nnnn>.jpg
+    ROOT/exp/train_id.txt  val_id.txt  test_id.txt   (first line: comma-separated integer ids)
+
+Not every identity appears in every camera (validation ids have no cam1/cam2 folders).
+
+Protocol (the one shared by the AGW / DDAG / CAJ code family, reproduced exactly):
+query = every cam3 and cam6 image of the test ids (ids ascending, cam3 then cam6, files sorted),
+the same for both search modes. Gallery trial ``t`` (0..9): one ``random.Random(t)`` stream; for
+each test id ascending and each visible camera of the mode (all: 1, 2, 4, 5; indoor: 1, 2) whose
+folder exists, one ``rng.choice`` over the sorted file paths. Multi-shot (``shots > 1``) is our
+extension: ``rng.sample`` of ``min(shots, n)`` files per (id, camera) from the same stream.
+
+Identity and camera always come from path parts (``.../camN/<pid>/file``), never from fixed
+character offsets, so a root path containing digits or "cam" cannot shift them. Only files with
+an image extension are listed (the reference code lists every file; on a clean copy of the
+dataset the two agree).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+from pathlib import Path
+
+from tskd.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+VISIBLE_CAMS = (1, 2, 4, 5)
+INFRARED_CAMS = (3, 6)
+GALLERY_CAMS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+SPLITS = ("train", "val", "test")
+
+_LAYOUT = (
+    "Expected layout:\n"
+    "  ROOT/cam1 ... ROOT/cam6/<pid as %04d>/<image>.jpg\n"
+    "  ROOT/exp/train_id.txt, val_id.txt, test_id.txt"
+)
+_CAM_DIR = re.compile(r"cam(\d+)")
+
+Record = tuple[str, int, int]
+
+
+def check_root(root: str | os.PathLike) -> Path:
+    """Check that ``root`` looks like a SYSU-MM01 folder.
+
+    Args:
+        root: Dataset root.
+
+    Returns:
+        ``root`` as a Path.
+
+    Raises:
+        DatasetError: The root or any of cam1..cam6 / exp is missing (all are listed).
+    """
+    path = Path(root)
+    if not path.is_dir():
+        raise DatasetError(
+            f"SYSU-MM01 root {str(root)!r} does not exist or is not a folder. "
+            f"Set dataset.root to the folder holding cam1..cam6 and exp/.\n{_LAYOUT}"
+        )
+    wanted = [f"cam{c}" for c in range(1, 7)] + ["exp"]
+    missing = [name for name in wanted if not (path / name).is_dir()]
+    if missing:
+        raise DatasetError(
+            f"SYSU-MM01 root {str(root)!r} lacks the folder(s) {', '.join(missing)}. "
+            f"Set dataset.root to the unpacked SYSU-MM01 folder.\n{_LAYOUT}"
+        )
+    return path
+
+
+def read_ids(root: str | os.PathLike, split: str) -> list[int]:
+    """Read the identity list ``ROOT/exp/{split}_id.txt`` (first line, comma-separated ints).
+
+    Args:
+        root: Dataset root.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+
+    Returns:
+        The ids in file order.
+
+    Raises:
+        DatasetError: Unknown split, missing/empty file, a token that is not a non-negative
+            integer, or a repeated id.
+    """
+    if split not in SPLITS:
+        raise DatasetError(f"Unknown SYSU-MM01 split {split!r}; valid splits: {', '.join(SPLITS)}")
+    file = os.path.join(root, "exp", f"{split}_id.txt")
+    if not os.path.isfile(file):
+        raise DatasetError(
+            f"SYSU-MM01 split file {file} is missing. Restore it from the dataset archive.\n"
+            f"{_LAYOUT}"
+        )
+    with open(file, encoding="utf-8") as fh:
+        line = fh.readline().strip()
+    if not line:
+        raise DatasetError(
+            f"SYSU-MM01 split file {file} is empty: its first line must list the ids, "
+            "comma-separated (e.g. '1,2,4'). Restore it from the dataset archive."
+        )
+    tokens = [t.strip() for t in line.split(",")]
+    if tokens[-1] == "":  # tolerate one trailing comma
+        tokens.pop()
+    ids: list[int] = []
+    for token in tokens:
+        if not (token.isascii() and token.isdigit()):
+            raise DatasetError(
+                f"SYSU-MM01 split file {file}, line 1: token {token!r} is not a non-negative "
+                f"integer (line: {line[:120]!r}). The first line must be comma-separated ids; "
+                "fix or restore the file."
+            )
+        ids.append(int(token))
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise DatasetError(f"SYSU-MM01 split file {file} repeats id(s) {dup}; list each id once.")
+    return ids
+
+
+def parse_path(path: str | os.PathLike) -> tuple[int, int]:
+    """Identity and camera of an image path ``.../camN/<pid>/<file>``, read from path parts.
+
+    Raises:
+        DatasetError: The parent folder is not a number or its parent is not ``cam1``..``cam6``.
+    """
+    parts = Path(path).parts
+    if len(parts) >= 3:
+        cam_match = _CAM_DIR.fullmatch(parts[-3])
+        pid_dir = parts[-2]
+        if cam_match and pid_dir.isascii() and pid_dir.isdigit():
+            cam = int(cam_match.group(1))
+            if cam in VISIBLE_CAMS + INFRARED_CAMS:
+                return int(pid_dir), cam
+    raise DatasetError(
+        f"Cannot read identity/camera from {str(path)!r}: expected .../camN/<pid>/<image> with "
+        "N in 1..6 and a numeric pid folder. Pass a path inside the SYSU-MM01 layout."
+    )
+
+
+def list_id_images(root: str | os.PathLike, cam: int, pid: int) -> list[str]:
+    """Sorted image paths of one identity in one camera (``[]`` if that folder does not exist).
+
+    Raises:
+        DatasetError: The folder exists but holds no image.
+    """
+    folder = os.path.join(root, f"cam{cam}", f"{pid:04d}")
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(
+        e.name for e in os.scandir(folder)
+        if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+    )
+    if not names:
+        raise DatasetError(
+            f"SYSU-MM01 folder {folder} exists but holds no image ({', '.join(IMAGE_EXTENSIONS)})."
+            " Remove the empty folder or restore its images."
+        )
+    # Joining onto the sorted names equals sorting the joined paths (shared prefix).
+    return [os.path.join(folder, name) for name in names]
+
+
+def train_pids(root: str | os.PathLike) -> list[int]:
+    """Raw training ids (train ∪ val) ascending; position = training label."""
+    check_root(root)
+    return sorted(set(read_ids(root, "train")) | set(read_ids(root, "val")))
+
+
+def train_set(root: str | os.PathLike) -> tuple[list[Record], list[Record]]:
+    """Training images as ``(path, label, cam)`` records, visible and infrared.
+
+    Order: for each training id ascending, visible cams 1, 2, 4, 5 (infrared list: cams 3, 6),
+    files sorted. ``label`` is the rank of the raw id among the training ids.
+
+    Raises:
+        DatasetError: A training id has no visible or no infrared image at all.
+    """
+    visible: list[Record] = []
+    infrared: list[Record] = []
+    for label, pid in enumerate(train_pids(root)):
+        for cams, out, name in ((VISIBLE_CAMS, visible, "visible"),
+                                (INFRARED_CAMS, infrared, "infrared")):
+            found = [(p, label, c) for c in cams for p in list_id_images(root, c, pid)]
+            if not found:
+                raise DatasetError(
+                    f"SYSU-MM01 training id {pid} has no {name} image under {str(root)!r} "
+                    f"(cams {', '.join(map(str, cams))}). Restore its images or drop the id "
+                    "from exp/train_id.txt / exp/val_id.txt."
+                )
+            out.extend(found)
+    return visible, infrared
+
+
+def query_set(root: str | os.PathLike) -> list[Record]:
+    """Query images ``(path, pid, cam)``: all cam3 then cam6 images of each test id ascending.
+
+    Raises:
+        DatasetError: No test id has any infrared image.
+    """
+    check_root(root)
+    query: list[Record] = []
+    for pid in sorted(read_ids(root, "test")):
+        found = [(p, pid, c) for c in INFRARED_CAMS for p in list_id_images(root, c, pid)]
+        if not found:
+            log.warning("SYSU-MM01 test id %d has no infrared (query) image", pid)
+        query.extend(found)
+    if not query:
+        raise DatasetError(
+            f"SYSU-MM01 root {str(root)!r}: no test id in exp/test_id.txt has a cam3/cam6 image; "
+            "check the root and the split file."
+        )
+    return query
+
+
+def _gallery_cams(mode: str) -> tuple[int, ...]:
+    if mode not in GALLERY_CAMS:
+        raise DatasetError(
+            f"Unknown SYSU-MM01 search mode {mode!r}; valid modes: {', '.join(GALLERY_CAMS)}."
+        )
+    return GALLERY_CAMS[mode]
+
+
+def _empty_gallery(root, cams: tuple[int, ...], mode: str) -> DatasetError:
+    return DatasetError(
+        f"SYSU-MM01 root {str(root)!r}: no test id has an image in cams {cams} "
+        f"(mode {mode!r}); check the root and exp/test_id.txt."
+    )
+
+
+def gallery_set(
+    root: str | os.PathLike, mode: str = "all", trial: int = 0, shots: int = 1
+) -> list[Record]:
+    """Gallery of one trial ``(path, pid, cam)``, drawn exactly as the standard code does.
+
+    Args:
+        root: Dataset root.
+        mode: ``"all"`` (cams 1, 2, 4, 5) or ``"indoor"`` (cams 1, 2).
+        trial: Seed of the draw (the standard protocol uses 0..9).
+        shots: 1 = single-shot (standard); >1 = up to ``shots`` images per (id, camera),
+            our multi-shot extension.
+
+    Raises:
+        DatasetError: Unknown mode, ``shots < 1``, or an empty gallery.
+    """
+    cams = _gallery_cams(mode)
+    if shots < 1:
+        raise DatasetError(f"gallery shots must be >= 1, got {shots}.")
+    check_root(root)
+    # One Mersenne-Twister stream per trial, consumed in (id, camera) order: the standard
+    # galleries depend on this exact call order.
+    rng = random.Random(trial)
+    gallery: list[Record] = []
+    for pid in sorted(read_ids(root, "test")):
+        for cam in cams:
+            files = list_id_images(root, cam, pid)
+            if not files:
+                continue
+            if shots == 1:
+                gallery.append((rng.choice(files), pid, cam))
+            else:
+                gallery.extend((p, pid, cam) for p in rng.sample(files, min(shots, len(files))))
+    if not gallery:
+        raise _empty_gallery(root, cams, mode)
+    return gallery
+
+
+def gallery_candidates(root: str | os.PathLike, mode: str = "all") -> list[Record]:
+    """Every image any gallery trial of ``mode`` could draw (test ids asc, cams in order, sorted).
+
+    Used to cache the test images once for all trials.
+    """
+    cams = _gallery_cams(mode)
+    check_root(root)
+    found = [
+        (p, pid, cam)
+        for pid in sorted(read_ids(root, "test"))
+        for cam in cams
+        for p in list_id_images(root, cam, pid)
+    ]
+    if not found:
+        raise _empty_gallery(root, cams, mode)
+    return found
