@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf
 from tskd.checkpoint import build_module, load_checkpoint
 from tskd.data.datamodule import ReIDDataModule
 from tskd.errors import CheckpointError
-from tskd.evaluation import format_table, write_metrics_json
 from tskd.models.tskd_module import TSKDModule
 
 log = logging.getLogger(__name__)
@@ -97,6 +96,8 @@ def _report(cfg: DictConfig, trainer: pl.Trainer, summaries: list[dict], out: Pa
                "rerank": bool(cfg.eval.get("rerank", False))}
     if not trainer.is_global_zero:
         return {}
+    from tskd.evaluation import format_table, write_metrics_json
+
     result = write_metrics_json(out / "metrics.json", summaries, _primary_setting(cfg), options)
     print(format_table(summaries, options))  # the entry point's output, rank 0 only
     return result

@@ -98,7 +98,7 @@ class ReIDDataModule(pl.LightningDataModule):
             self.size[0], self.size[1], pad=pad, erasing_p=erasing_p, gray_p=gray_p,
             channel_exchange=channel_exchange,
         )
-        self._ready = False
+        self._ready = self._prepared = False
 
     # ----------------------------------------------------------------------------- lists
     def _ensure_data(self) -> None:
@@ -123,8 +123,11 @@ class ReIDDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Generate synthetic data and build the caches once (rank 0 of each node)."""
+        if self._prepared:
+            return
         self._ensure_data()
         self._load(build_only=True)
+        self._prepared = True
 
     def setup(self, stage: str | None = None) -> None:
         if not self._ready:

@@ -32,7 +32,6 @@ from tskd.losses import (
     gmm_confidence,
     per_sample_ce,
 )
-from tskd.metrics.retrieval import RetrievalMetric
 from tskd.models.components import TwoStreamNet
 from tskd.models.schedule import lr_factor, stage
 
@@ -84,7 +83,7 @@ class TSKDModule(pl.LightningModule):
         self.bank = PrototypeBank(num_classes, num_slots=3, dim=self.net.feat_dim)
         self.register_buffer("conf_visible", torch.ones(num_visible))
         self.register_buffer("conf_infrared", torch.ones(num_infrared))
-        self.retrieval: RetrievalMetric | None = None
+        self.retrieval = None  # a RetrievalMetric while a test/monitor pass runs
         self.test_summaries: list[dict] = []
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -139,12 +138,26 @@ class TSKDModule(pl.LightningModule):
                 buf.copy_(gmm_confidence(losses, **gmm).to(buf))
         finally:
             self.net.train(was_training)
-        self.log("train/confidence_visible", self.conf_visible.mean(), sync_dist=False)
-        self.log("train/confidence_infrared", self.conf_infrared.mean(), sync_dist=False)
+        # identical on every rank, so syncing only silences Lightning's DDP warning
+        self.log("train/confidence_visible", self.conf_visible.mean(), sync_dist=True)
+        self.log("train/confidence_infrared", self.conf_infrared.mean(), sync_dist=True)
 
     def on_train_epoch_end(self) -> None:
         if self.stage != "warmup":
             self.bank.finalize(reduce=self._reduce_sum)
+
+    def on_train_end(self) -> None:
+        """Under DDP, check that every rank ends with the same confidences and prototypes."""
+        if self.trainer.world_size == 1:
+            return
+        for name in ("conf_visible", "conf_infrared", "bank.prototypes", "bank.valid"):
+            local = self.get_buffer(name).float()
+            gathered = self.all_gather(local)  # (world, ...)
+            if not torch.equal(gathered.amin(0), gathered.amax(0)):
+                raise RuntimeError(
+                    f"DDP ranks disagree on {name} after training: the cross-rank reduction of "
+                    "confidences/prototypes is broken; please report this with your trainer config."
+                )
 
     # --------------------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -179,10 +192,10 @@ class TSKDModule(pl.LightningModule):
             self._raise_non_finite(batch_idx, labels, vis_idx, ir_idx, terms)
         for name, value in terms.items():
             self.log(f"train/{name}", value, prog_bar=True, on_step=True, on_epoch=True,
-                     batch_size=b)
-        self.log("train/loss", total, prog_bar=False, on_step=True, on_epoch=True, batch_size=b)
+                     batch_size=b, sync_dist=True)
+        self.log("train/loss", total, on_step=True, on_epoch=True, batch_size=b, sync_dist=True)
         self.log("train/stage", float({"warmup": 0, "I": 1, "II": 2}[cur]), on_step=False,
-                 on_epoch=True, batch_size=b)
+                 on_epoch=True, batch_size=b, sync_dist=True)
         return total
 
     def _raise_non_finite(self, batch_idx, labels, vis_idx, ir_idx, terms) -> None:
@@ -210,6 +223,8 @@ class TSKDModule(pl.LightningModule):
 
     # ---------------------------------------------------------------------------- testing
     def _start_retrieval(self) -> None:
+        from tskd.metrics.retrieval import RetrievalMetric
+
         protocol = self.trainer.datamodule.protocol
         self.retrieval = RetrievalMetric(protocol, rerank=self.eval_cfg.get("rerank", False))
         self.retrieval.to(self.device)
