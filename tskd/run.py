@@ -135,7 +135,7 @@ def train(cfg: DictConfig) -> dict:
     trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt"), weights_only=True)
     if not cfg.get("test_after_training", True):
         return {}
-    trainer.test(model, datamodule=dm)
+    trainer.test(model, datamodule=dm, verbose=False)
     return _report(cfg, trainer, model.test_summaries, out)
 
 
@@ -193,5 +193,5 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
                           channels_last=bool(cfg.trainer.get("channels_last", False)))
     del hp
     trainer = build_trainer(cfg, training=False)
-    trainer.test(module, datamodule=dm)
+    trainer.test(module, datamodule=dm, verbose=False)
     return _report(cfg, trainer, module.test_summaries, Path(cfg.paths.output_dir))

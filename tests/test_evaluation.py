@@ -1,0 +1,209 @@
+"""The test engine: one embedding per needed image, per-search metrics, summaries and outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tskd import evaluation as ev
+from tskd.data import protocol as proto
+from tskd.data.protocol import INFRARED, VISIBLE, Search
+from tskd.data.transforms import MEAN, STD
+from tskd.errors import DatasetError
+from tskd.metrics import evaluate_regdb, evaluate_sysu
+
+H, W = 8, 4
+
+
+def sysu_protocol(num_ids: int = 6, trials: int = 10, shots: int = 3):
+    """SYSU-shaped: IR queries; ``shots`` candidates per (id, visible cam); 10 trials x 2 modes."""
+    rng = np.random.default_rng(0)
+    recs = [(pid, cam, INFRARED) for pid in range(num_ids) for cam in (3, 6)
+            for _ in range(rng.integers(1, 4))]
+    nq, cand = len(recs), {}
+    for pid in range(num_ids):
+        for cam in (1, 2, 4, 5):
+            cand[(pid, cam)] = list(range(len(recs), len(recs) + shots))
+            recs += [(pid, cam, VISIBLE)] * shots
+    searches = []
+    for mode, cams in (("all", (1, 2, 4, 5)), ("indoor", (1, 2))):
+        for t in range(trials):
+            r = random.Random(t)
+            gallery = [r.choice(cand[(pid, cam)]) for pid in range(num_ids) for cam in cams]
+            searches.append(Search(mode, t, np.arange(nq), np.array(gallery)))
+    return make(proto.TestProtocol, "sysu", recs, searches)
+
+
+def regdb_protocol(num_ids: int = 5, per_id: int = 3):
+    recs = [(pid, 1, VISIBLE) for pid in range(num_ids) for _ in range(per_id)]
+    recs += [(pid, 2, INFRARED) for pid in range(num_ids) for _ in range(per_id)]
+    n = num_ids * per_id
+    vis, th = np.arange(n), np.arange(n, 2 * n)
+    searches = [Search("visible2thermal", 4, vis, th), Search("thermal2visible", 4, th, vis)]
+    return make(proto.TestProtocol, "regdb", recs, searches)
+
+
+def make(cls, dataset, recs, searches):
+    return cls(dataset, [f"img{i}.png" for i in range(len(recs))], np.array([r[0] for r in recs]),
+               np.array([r[1] for r in recs]), np.array([r[2] for r in recs]), searches)
+
+
+def images_for(protocol) -> np.ndarray:
+    """uint8 (N, H, W, 3) images whose pixel (0, 0) spells the image's own index."""
+    rng = np.random.default_rng(1)
+    n = len(protocol.paths)
+    img = rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8)
+    img[:, 0, 0, 0], img[:, 0, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
+    return img
+
+
+def decode(x: torch.Tensor) -> torch.Tensor:
+    """Protocol index of each normalised image (B, 3, H, W), read back from pixel (0, 0)."""
+    px = [torch.round((x[:, c, 0, 0] * STD[c] + MEAN[c]) * 255).long() for c in (0, 1)]
+    return px[0] + 256 * px[1]
+
+
+class Counting:
+    """An EmbedFn: identity-structured features, recording every image it is shown."""
+
+    def __init__(self, protocol, dim: int = 8):
+        g = torch.Generator().manual_seed(2)
+        n = len(protocol.paths)
+        centres = torch.randn(int(protocol.pids.max()) + 1, dim, generator=g)
+        self.fc = F.normalize(centres[protocol.pids] + torch.randn(n, dim, generator=g), dim=1)
+        self.pool = F.normalize(self.fc + 0.7 * torch.randn(n, dim, generator=g), dim=1)
+        self.modality = torch.from_numpy(protocol.modality)
+        self.seen: list[int] = []
+        self.calls = 0
+
+    def __call__(self, x, modality):
+        self.calls += 1
+        idx = decode(x)
+        assert torch.equal(modality, self.modality[idx])  # each image with its own stem
+        self.seen += idx.tolist()
+        return self.pool[idx], self.fc[idx]
+
+
+def test_full_sysu_test_embeds_queries_plus_distinct_gallery_once():
+    protocol = sysu_protocol(shots=8)  # more candidates than 10 trials draw
+    assert len(protocol.searches) == 20  # 10 trials x 2 modes
+    fn = Counting(protocol)
+    feats = ev.embed_protocol(fn, images_for(protocol), protocol, batch_size=16)
+    queries = set(protocol.searches[0].query.tolist())
+    galleries = set().union(*(s.gallery.tolist() for s in protocol.searches))
+    assert len(fn.seen) == len(queries) + len(galleries) < len(protocol.paths)
+    assert sorted(fn.seen) == sorted(queries | galleries)  # each exactly once
+    assert fn.calls == math.ceil(len(fn.seen) / 16)  # "pool" and "fc" from the same pass
+    assert feats["index"].tolist() == protocol.needed().tolist()
+    torch.testing.assert_close(feats["fc"], fn.fc[feats["index"]])
+    torch.testing.assert_close(feats["pool"], fn.pool[feats["index"]])
+
+
+def test_each_search_equals_the_metric_on_its_own_distance_matrix():
+    for protocol, metric in ((sysu_protocol(trials=2), "sysu"), (regdb_protocol(), "regdb")):
+        fn = Counting(protocol)
+        feats = ev.embed_protocol(fn, images_for(protocol), protocol, batch_size=7)
+        results = ev.evaluate_features(feats, protocol)
+        assert len(results) == 2 * len(protocol.searches)
+        for r, (s, name) in zip(results, [(s, f) for s in protocol.searches for f in ev.FEATURES]):
+            assert (r["setting"], r["trial"], r["feature"]) == (s.setting, s.trial, name)
+            table = getattr(fn, name)
+            dist = -(table[s.query] @ table[s.gallery].T)
+            if metric == "sysu":
+                ref = evaluate_sysu(dist, protocol.pids[s.query], protocol.pids[s.gallery],
+                                    protocol.cams[s.query], protocol.cams[s.gallery])
+            else:
+                ref = evaluate_regdb(dist, protocol.pids[s.query], protocol.pids[s.gallery])
+            np.testing.assert_array_equal(r["cmc"], ref["cmc"])
+            assert r["mAP"] == pytest.approx(ref["mAP"], abs=1e-6)
+
+
+def test_summaries_are_percent_with_population_std():
+    protocol = sysu_protocol(trials=2)
+    results = [
+        {"setting": "all", "trial": 0, "feature": "fc", "cmc": np.full(20, 0.5), "mAP": 0.4,
+         "mINP": 0.2},
+        {"setting": "all", "trial": 1, "feature": "fc", "cmc": np.full(20, 1.0), "mAP": 0.6,
+         "mINP": 0.4},
+    ]
+    (s,) = ev.summarize(results, protocol)
+    assert list(s) == ["dataset", "mode", "direction", "feature", "trials", "mean", "std"]
+    assert (s["dataset"], s["mode"], s["direction"], s["feature"]) == (
+        "sysu", "all", "infrared2visible", "fc")
+    assert s["trials"][1] == {"trial": 1, "rank1": 100.0, "rank5": 100.0, "rank10": 100.0,
+                              "rank20": 100.0, "mAP": 60.0, "mINP": 40.0}
+    assert s["mean"]["rank1"] == 75.0 and s["std"]["rank1"] == 25.0  # ddof = 0
+    assert s["mean"]["mAP"] == pytest.approx(50.0) and s["std"]["mAP"] == pytest.approx(10.0)
+    reg = ev.summarize([{**results[0], "setting": "thermal2visible"}], regdb_protocol())
+    assert (reg[0]["mode"], reg[0]["direction"]) == (None, "thermal2visible")
+    with pytest.raises(DatasetError, match="max_rank >= 20"):
+        ev.summarize([{**results[0], "cmc": np.ones(5)}], protocol)
+
+
+def test_flip_averages_the_image_and_its_mirror():
+    protocol = regdb_protocol()
+    images = images_for(protocol)
+    calls = []
+
+    def embed(x, modality):  # a feature that sees left and right apart: row 1 of channel 2
+        calls.append(x.clone())
+        f = x[:, 2, 1, :]  # (B, W)
+        return F.normalize(f, dim=1), F.normalize(f + 1, dim=1)
+
+    feats = ev.embed_protocol(embed, images, protocol, batch_size=64, flip=True)
+    assert len(calls) == 2 and torch.equal(calls[1], calls[0].flip(-1))
+    f = calls[0][:, 2, 1, :]
+    want = F.normalize(F.normalize(f, dim=1) + F.normalize(f.flip(-1), dim=1), dim=1)
+    torch.testing.assert_close(feats["pool"], want)
+
+
+def test_run_protocol_table_and_metrics_json(tmp_path):
+    protocol = sysu_protocol(trials=3)
+    fn = Counting(protocol)
+    summaries = ev.run_protocol(fn, images_for(protocol), protocol, batch_size=32)
+    assert [(s["mode"], s["feature"]) for s in summaries] == [
+        ("all", "fc"), ("all", "pool"), ("indoor", "fc"), ("indoor", "pool")]
+    plain = ev.format_table(summaries, {"flip": False, "rerank": False})
+    assert "TTA" not in plain and "re-ranking" not in plain
+    table = ev.format_table(summaries, {"flip": True, "rerank": True})
+    lines = table.splitlines()
+    assert "flip TTA: on" in lines[0] and "re-ranking: on" in lines[0]
+    assert len(lines) == 2 + 4 and lines[2].split()[:2] == ["all", "fc"]
+    assert f"{summaries[0]['mean']['rank1']:.2f}±" in lines[2]
+    doc = ev.write_metrics_json(tmp_path / "out" / "metrics.json", summaries, "indoor",
+                                {"flip": False, "rerank": True})
+    on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert on_disk == doc
+    assert (doc["mode"], doc["feature"]) == ("indoor", "fc")
+    assert doc["trials"] == summaries[2]["trials"] and doc["results"] == summaries
+    assert doc["options"] == {"flip": False, "rerank": True}
+    with pytest.raises(DatasetError, match="no 'fc' summary for setting 'visible2thermal'"):
+        ev.write_metrics_json(tmp_path / "x.json", summaries, "visible2thermal")
+
+
+def test_rerank_option_runs_and_changes_the_distances():
+    protocol = regdb_protocol(num_ids=8, per_id=4)
+    fn = Counting(protocol)
+    feats = ev.embed_protocol(fn, images_for(protocol), protocol)
+    plain = ev.evaluate_features(feats, protocol)
+    reranked = ev.evaluate_features(feats, protocol, rerank=True)
+    assert [r["mAP"] for r in plain] != [r["mAP"] for r in reranked]
+    assert all(0 < r["mAP"] <= 1 for r in reranked)
+
+
+def test_bad_inputs_name_the_problem():
+    protocol = regdb_protocol()
+    fn = Counting(protocol)
+    with pytest.raises(DatasetError, match="has 29 rows but the protocol lists 30 images"):
+        ev.embed_protocol(fn, images_for(protocol)[:-1], protocol)
+    feats = ev.embed_protocol(fn, images_for(protocol), protocol)
+    partial = {k: v[1:] for k, v in feats.items()}
+    with pytest.raises(DatasetError, match=r"no feature for 1 protocol images \(first: index 0, "
+                                           r"img0.png\)"):
+        ev.evaluate_features(partial, protocol)

@@ -1,0 +1,255 @@
+"""Retrieval metrics of the standard VI-ReID protocol: CMC, mAP and mINP, vectorised over queries.
+
+Definitions (PROTOCOL.md), for each query:
+
+- the gallery is ranked by ascending distance with a **stable** sort: tied distances keep
+  gallery (column) order, so the ranking, and every number, is a pure function of the input;
+- SYSU-MM01 only: a query from camera 3 ignores every gallery item from camera 2 (same room);
+  the remaining items form the *kept* list, and positions below are 1-based positions in it;
+- CMC: SYSU is identity-level (walk the kept list keeping the first item of each identity;
+  rank-k hit when the query id is among the first k distinct ids), RegDB is image-level
+  (rank-k hit when a correct image is among the first k kept items);
+- AP = mean over the correct items of (#correct up to it) / (its position);
+- INP = (#correct) / (position of the last correct item);
+- a query with no correct item in its kept list is left out of every average, CMC included.
+
+How: no row is sorted, and the camera rule is a second gallery (the columns without camera 2)
+searched by the camera-3 queries. Every number above depends only on the positions of the
+query's few correct items, and the position of correct item ``c`` is the number of kept items
+ranked up to it, ``#{i: (d_i, i) <= (d_c, c)}``: one comparison pass over the row per correct
+item (a cheap equality count flags the rare rows with exact ties, which are redone with the
+column tie-break). Rows are grouped by their number of correct items, so the passes touch
+``sum_q m_q * G`` elements, and queries are processed in chunks that bound the working memory
+(a 20k x 20k distance matrix is read a slice at a time, never copied whole). The arithmetic
+runs in numpy on the CPU, single-threaded and fast for these passes; torch tensors (CPU or GPU)
+are read chunk by chunk. Sums accumulate in float64 in a fixed order, so the chunk size cannot
+change any result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tskd.errors import DatasetError
+
+# Distance elements per chunk of queries (4 MB as float32): each slot's pass re-reads the chunk,
+# so a chunk that stays in the CPU cache is faster than a larger one.
+CHUNK_ELEMENTS = 2**20
+
+
+def _ids(x, name: str) -> np.ndarray:
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if arr.ndim != 1:
+        raise DatasetError(f"{name} must be 1-D, got shape {arr.shape}; pass one id per row")
+    return arr.astype(np.int64, copy=False)
+
+
+def _block(dist, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of ``dist`` as a numpy float array (a view where possible)."""
+    block = dist[start:stop]
+    if isinstance(block, torch.Tensor):
+        if block.dtype in (torch.float16, torch.bfloat16):
+            block = block.float()  # exact: same order and ties
+        block = block.detach().cpu().numpy()
+    if block.dtype.kind != "f" or block.dtype.itemsize < 4:
+        block = block.astype(np.float64 if block.dtype.kind in "iub" else np.float32)
+    if not np.isfinite(block).all():
+        row, col = np.argwhere(~np.isfinite(block))[0]
+        raise DatasetError(f"dist[{start + row}, {col}] = {block[row, col]}: distances must be "
+                           "finite; check the features for NaN/inf embeddings")
+    return block
+
+
+@dataclass
+class _Gallery:
+    """Gallery columns grouped by identity, so each query's correct items are one slice."""
+
+    columns: np.ndarray | None  # (G',) columns of dist that form this gallery; None = all
+    ids: np.ndarray  # (U,) sorted distinct identities
+    labels: np.ndarray  # (G',) index into ids of every gallery item
+    perm: np.ndarray  # (G',) items grouped by identity, ascending within a group
+    starts: np.ndarray  # (U,) first position of each identity in perm
+    counts: np.ndarray  # (U,) items per identity
+
+    @classmethod
+    def build(cls, g_pids: np.ndarray, columns: np.ndarray | None = None) -> _Gallery:
+        pids = g_pids if columns is None else g_pids[columns]
+        ids, labels, counts = np.unique(pids, return_inverse=True, return_counts=True)
+        return cls(columns, ids, labels, np.argsort(labels, kind="stable"),
+                   np.cumsum(counts) - counts, counts)
+
+
+def _up_to(d: np.ndarray, thr: np.ndarray, col: np.ndarray | None) -> np.ndarray:
+    """(k, G) bool: items ranked up to the threshold item (value ``thr``, column ``col``).
+
+    ``col=None`` assumes no other item has exactly the threshold value; otherwise equal values
+    are ordered by gallery column, as a stable sort orders them.
+    """
+    if col is None:
+        return d <= thr
+    return (d < thr) | ((d == thr) & (np.arange(d.shape[1]) <= col))
+
+
+def _positions(d: np.ndarray, dc: np.ndarray, cols: np.ndarray, m: np.ndarray,
+               exact: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Kept positions (B, M) of each row's correct items, and the rows that have ties.
+
+    Rows come ordered by decreasing ``m`` (correct items per row), so slot t concerns a prefix
+    of the rows only. With ``exact=False`` a position is #{d <= d_c}, right unless another item
+    has exactly the distance d_c; the rows where that happens are returned to be redone with
+    ``exact=True``, which orders equal distances by gallery column as a stable sort does.
+    """
+    b, g = d.shape
+    count = np.uint16 if g < 2**16 else np.int64  # narrow sums are markedly faster in numpy
+    slots = np.arange(dc.shape[1])
+    active = np.searchsorted(-m, -slots, side="left")  # rows with more than t correct items
+    pos = np.zeros(dc.shape, dtype=np.int64)
+    tied = (dc[:, 1:] == dc[:, :-1]) & (slots[1:] < m[:, None])  # (B, M-1) equal correct items
+    tied = tied.any(axis=1)
+    buf = np.empty((b, g), dtype=bool)  # reused: fresh large temporaries cost page faults
+    for t in slots[active > 0]:
+        k = active[t]
+        rows, thr, out = d[:k], dc[:k, t, None], buf[:k]  # (k, G), (k, 1), (k, G)
+        if exact:
+            out = _up_to(rows, thr, cols[:k, t, None])
+        else:
+            np.less_equal(rows, thr, out=out)
+        pos[:k, t] = out.view(np.uint8).sum(axis=1, dtype=count)
+        if not exact:  # the correct item equals itself; anything more is a tie
+            np.equal(rows, thr, out=out)
+            tied[:k] |= out.view(np.uint8).sum(axis=1, dtype=count) != 1
+    return pos, np.flatnonzero(tied) if not exact else np.zeros(0, dtype=np.int64)
+
+
+def _search(block: np.ndarray, rows: np.ndarray, q_pids: np.ndarray, gal: _Gallery,
+            identity_level: bool) -> tuple[np.ndarray, ...]:
+    """Per-query (#correct, CMC rank, AP, INP) of ``block[rows]`` against one gallery."""
+    seg = np.minimum(np.searchsorted(gal.ids, q_pids), len(gal.ids) - 1)  # (B,)
+    m = np.where(gal.ids[seg] == q_pids, gal.counts[seg], 0)  # correct items per query
+    by_m = np.argsort(-m, kind="stable")  # more correct items first: slot t uses a prefix
+    rows, seg, m = rows[by_m], seg[by_m], m[by_m]
+    d = np.take(block, rows, axis=0)  # (B, G) copy, C-contiguous (row passes below need it)
+    if gal.columns is not None:
+        d = np.take(d, gal.columns, axis=1)
+    b, g = d.shape
+    slot = np.arange(max(int(m[0]), 1))
+    cols = gal.perm[np.minimum(gal.starts[seg][:, None] + slot, g - 1)]  # (B, M)
+    dc = np.where(slot < m[:, None], np.take_along_axis(d, cols, axis=1), np.inf)
+    order = np.argsort(dc, axis=1, kind="stable")  # cols ascend per row: ties keep column order
+    dc, cols = np.take_along_axis(dc, order, 1), np.take_along_axis(cols, order, 1)
+
+    pos, tied = _positions(d, dc, cols, m, exact=False)
+    if len(tied):  # redo the rows with ties, breaking them by gallery column
+        pos[tied], _ = _positions(d[tied], dc[tied], cols[tied], m[tied], exact=True)
+
+    ap, last = np.zeros(b), np.ones(b)
+    for t in range(len(slot)):  # a fixed summation order, independent of the chunking
+        k = int(np.count_nonzero(m > t))
+        ap[:k] += (t + 1) / pos[:k, t]
+        last[:k] = pos[:k, t]
+    valid = m > 0
+    ap = np.where(valid, ap / np.maximum(m, 1), 0.0)
+    inp = np.where(valid, m / last, 0.0)
+    rank = pos[:, 0].copy()
+    if identity_level:
+        # Distinct identities ranked up to the first correct item (1 or 2 items need no count).
+        many = np.flatnonzero(valid & (rank > 2))
+        if len(many):
+            up_to = _up_to(d[many], dc[many, :1], None)
+            if len(tied):
+                redo = np.flatnonzero(np.isin(many, tied))
+                up_to[redo] = _up_to(d[many[redo]], dc[many[redo], :1], cols[many[redo], :1])
+            r, c = np.nonzero(up_to)
+            u = len(gal.ids)
+            seen = np.bincount(r * u + gal.labels[c], minlength=len(many) * u)
+            rank[many] = np.count_nonzero(seen.reshape(len(many), u), axis=1)
+    return rows, m, rank, ap, inp
+
+
+def _evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int, identity_level: bool,
+              chunk_size: int | None) -> dict:
+    if not isinstance(dist, torch.Tensor):
+        dist = np.asarray(dist)
+    if dist.ndim != 2:
+        raise DatasetError(f"dist must be (num_query, num_gallery), got shape {tuple(dist.shape)}")
+    nq, ng = dist.shape
+    q_pids, g_pids = _ids(q_pids, "q_pids"), _ids(g_pids, "g_pids")
+    if q_cams is not None:
+        q_cams, g_cams = _ids(q_cams, "q_cams"), _ids(g_cams, "g_cams")
+    for name, arr, n in (("q_pids", q_pids, nq), ("g_pids", g_pids, ng),
+                         ("q_cams", q_cams, nq), ("g_cams", g_cams, ng)):
+        if arr is not None and len(arr) != n:
+            raise DatasetError(
+                f"{name} has {len(arr)} entries but dist is {nq} x {ng}; pass one per row/column"
+            )
+    if nq == 0 or ng == 0:
+        raise DatasetError(f"dist is {nq} x {ng}: need at least one query and one gallery item")
+    if max_rank < 1:
+        raise DatasetError(f"max_rank={max_rank} must be >= 1")
+
+    # The SYSU camera rule as two galleries: cam3 queries search the gallery without cam2 (its
+    # columns stay in ascending order, so ties still resolve by gallery order).
+    full = _Gallery.build(g_pids)
+    cam3 = np.zeros(nq, dtype=bool) if q_cams is None else q_cams == 3
+    no_cam2 = _Gallery.build(g_pids, np.flatnonzero(g_cams != 2)) if cam3.any() else None
+    m, rank = np.zeros(nq, dtype=np.int64), np.zeros(nq, dtype=np.int64)
+    ap, inp = np.zeros(nq), np.zeros(nq)
+    step = chunk_size or max(1, CHUNK_ELEMENTS // ng)
+    for s in range(0, nq, step):
+        block = _block(dist, s, s + step)
+        for gal, group in ((full, ~cam3[s : s + step]), (no_cam2, cam3[s : s + step])):
+            rows = np.flatnonzero(group)
+            if len(rows) and (gal is None or len(gal.perm) == 0):
+                continue  # every gallery item removed: these queries have no match
+            if len(rows):
+                r, *vals = _search(block, rows, q_pids[s + rows], gal, identity_level)
+                m[s + r], rank[s + r], ap[s + r], inp[s + r] = vals
+
+    valid = m > 0
+    num_valid = int(valid.sum())
+    if num_valid == 0:
+        raise DatasetError(
+            f"none of the {nq} queries has a correct match in its gallery; check that query and "
+            "gallery ids come from the same identity set (and the camera rule for SYSU cam3)"
+        )
+    hits = np.bincount(np.minimum(rank[valid], max_rank + 1), minlength=max_rank + 2)
+    cmc = np.cumsum(hits[1 : max_rank + 1]) / num_valid
+    # Per-query values summed once, in query order: the chunking cannot change the result.
+    return {"cmc": cmc.astype(np.float64), "mAP": float(ap[valid].sum() / num_valid),
+            "mINP": float(inp[valid].sum() / num_valid)}
+
+
+def evaluate_sysu(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int = 20,
+                  chunk_size: int | None = None) -> dict:
+    """SYSU-MM01 metrics: cam3 queries ignore cam2 gallery items, identity-level CMC.
+
+    Args:
+        dist: (Q, G) distances, smaller = closer: numpy array or torch tensor (CPU or GPU).
+        q_pids: (Q,) query identities.
+        g_pids: (G,) gallery identities.
+        q_cams: (Q,) query cameras (1..6).
+        g_cams: (G,) gallery cameras.
+        max_rank: Length of the returned CMC curve. Where fewer distinct identities (or images)
+            exist the curve stays at its final value instead of being shortened.
+        chunk_size: Queries per chunk (default: ``CHUNK_ELEMENTS // G``); any value gives
+            bit-identical results.
+
+    Returns:
+        ``{"cmc": float64 array (max_rank,), "mAP": float, "mINP": float}`` as fractions, averaged
+        over the queries with a correct match in their kept gallery.
+
+    Raises:
+        DatasetError: On mismatched shapes, NaN/inf distances, or when no query has a match.
+    """
+    return _evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank, True, chunk_size)
+
+
+def evaluate_regdb(dist, q_pids, g_pids, max_rank: int = 20, chunk_size: int | None = None) -> dict:
+    """RegDB metrics: nothing removed, image-level CMC (first correct image).
+
+    Args, return value and errors as :func:`evaluate_sysu`, without cameras.
+    """
+    return _evaluate(dist, q_pids, g_pids, None, None, max_rank, False, chunk_size)
