@@ -61,7 +61,7 @@ def build_trainer(cfg: DictConfig, *, training: bool) -> pl.Trainer:
         else:
             args["limit_val_batches"] = 0
     else:
-        args.update(logger=False, enable_checkpointing=False)
+        args["enable_checkpointing"] = False
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     return pl.Trainer(**args, callbacks=callbacks, logger=loggers,
