@@ -1,0 +1,90 @@
+"""ONNX export per modality (tskd.export): files, dynamic batch, outputs equal to PyTorch."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from test_inference import IMG_SIZE, make_checkpoint, make_data
+
+from tskd.data.transforms import normalize_batch
+from tskd.errors import CheckpointError
+from tskd.export import check_onnx, export_onnx, main
+from tskd.inference import Embedder, prepare_image
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    base = tmp_path_factory.mktemp("export")
+    root = make_data(base / "sysu")
+    ckpt = make_checkpoint(base / "tiny.ckpt", root)
+    return ckpt, root, export_onnx(ckpt, base / "onnx")
+
+
+def test_files_and_graph_interface(exported):
+    _, _, files = exported
+    assert set(files) == {"visible", "infrared"}
+    assert files["visible"].name == "tskd_sysu_resnet18_visible.onnx"
+    assert files["infrared"].name == "tskd_sysu_resnet18_infrared.onnx"
+    for modality, path in files.items():
+        model = onnx.load(str(path))
+        (inp,), (out,) = model.graph.input, model.graph.output
+        dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+        assert inp.name == "images" and dims == ["batch", 3, *IMG_SIZE]
+        assert out.name == "embedding"
+        assert out.type.tensor_type.shape.dim[0].dim_param == "batch"
+        props = {p.key: p.value for p in model.metadata_props}
+        assert props["modality"] == modality and props["img_h"] == str(IMG_SIZE[0])
+
+
+@pytest.mark.parametrize("modality", ["visible", "infrared"])
+def test_onnx_matches_pytorch(exported, modality):
+    ckpt, _, files = exported
+    assert check_onnx(files[modality], ckpt, modality, batch_sizes=(1, 3)) < 1e-4
+
+
+def test_onnx_on_real_images_matches_embedder(exported):
+    ckpt, root, files = exported
+    embedder = Embedder.from_checkpoint(ckpt)
+    images = sorted((root / "cam3").rglob("*.jpg"))[:3]
+    x = normalize_batch(np.stack([prepare_image(p, IMG_SIZE) for p in images])).numpy()
+    outs = {}
+    for modality, path in files.items():
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outs[modality] = session.run(None, {"images": x})[0]  # (3, 512)
+        want = embedder.embed(images, modality)
+        assert outs[modality].shape == want.shape == (3, 512)
+        assert np.abs(outs[modality] - want).max() < 1e-4
+        np.testing.assert_allclose(np.linalg.norm(outs[modality], axis=1), 1.0, atol=1e-5)
+    # each file has its own stem built in
+    assert np.abs(outs["visible"] - outs["infrared"]).max() > 1e-3
+
+
+def test_cli_check_and_errors(exported, tmp_path, capsys, monkeypatch):
+    ckpt, _, _ = exported
+    assert main([str(ckpt), "--out", str(tmp_path / "o"), "--name", "m", "--check"]) == 0
+    printed = capsys.readouterr().out
+    assert "m_visible.onnx" in printed and "m_infrared.onnx" in printed
+    diffs = [float(line.rsplit("=", 1)[1]) for line in printed.splitlines() if "max |" in line]
+    assert len(diffs) == 2 and max(diffs) < 1e-4
+    assert main([str(tmp_path / "none.ckpt"), "--out", str(tmp_path / "o2")]) == 1
+    assert "none.ckpt does not exist" in capsys.readouterr().err
+    with pytest.raises(CheckpointError):
+        export_onnx(tmp_path / "none.ckpt", tmp_path / "o3")
+
+
+def test_missing_onnx_says_how_to_install(exported, tmp_path, monkeypatch, capsys):
+    ckpt, _, files = exported
+    monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` fail
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[extras\]"'):
+        export_onnx(ckpt, tmp_path)
+    assert main([str(ckpt), "--out", str(tmp_path)]) == 1
+    assert "optional package 'onnx'" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match="onnxruntime"):
+        check_onnx(files["visible"], ckpt, "visible")
+    assert not list(tmp_path.glob("*.onnx"))

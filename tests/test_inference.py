@@ -1,0 +1,182 @@
+"""The embedding API (tskd.inference) and the folder CLI (python -m tskd.embed).
+
+A tiny untrained resnet18 checkpoint (random BatchNorm statistics so every layer matters) and a
+small synthetic SYSU-layout dataset stand in for a trained model; :func:`tiny_checkpoint` is
+shared with the export and visualiser tests.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from tskd.data import sysu
+from tskd.data.datamodule import ReIDDataModule
+from tskd.data.protocol import INFRARED, VISIBLE
+from tskd.data.synthetic import make_sysu
+from tskd.errors import CheckpointError, DatasetError
+from tskd.inference import Embedder, list_images, parse_modality
+
+REPO = Path(__file__).resolve().parents[1]
+IMG_SIZE = (64, 32)  # model input; the files are 96x48, so every path is really resized
+SOURCE_SIZE = (96, 48)
+
+
+def make_data(root: Path) -> Path:
+    """A small SYSU-layout dataset (8 training ids, 5 test ids)."""
+    return make_sysu(root, seed=3, num_train=6, num_val=2, num_test=5, images_per_cam=2,
+                     size=SOURCE_SIZE)
+
+
+def make_checkpoint(path: Path, data_root: Path) -> Path:
+    """Write a tskd checkpoint of an untrained resnet18 for the data at ``data_root``."""
+    from tskd.models.tskd_module import TSKDModule
+
+    vis, ir = sysu.train_set(data_root)
+    cfg = lambda name: OmegaConf.to_container(OmegaConf.load(REPO / "configs" / name))  # noqa: E731
+    model = {"backbone": "resnet18", "pretrained": False, "last_stride": 1, "non_local": True,
+             "nl_inter_channels": 1, "gem_p": 3.0}
+    torch.manual_seed(0)
+    m = TSKDModule(
+        num_classes=max(r[1] for r in vis) + 1, num_visible=len(vis), num_infrared=len(ir),
+        dataset={"name": "sysu", "root": str(data_root), "trial": None,
+                 "img_h": IMG_SIZE[0], "img_w": IMG_SIZE[1]},
+        model=model, loss=cfg("loss/tskd.yaml"), optim=cfg("train.yaml")["optim"],
+        eval={"flip": False, "rerank": False},
+    )
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # random BN statistics: non-local blocks and BN-neck stop being identity
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                n = mod.num_features
+                mod.weight.copy_(0.5 + torch.rand(n, generator=g))
+                mod.bias.copy_(0.1 * torch.randn(n, generator=g))
+                mod.running_mean.copy_(0.1 * torch.randn(n, generator=g))
+                mod.running_var.copy_(0.5 + torch.rand(n, generator=g))
+    meta: dict = {}
+    m.on_save_checkpoint(meta)
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams), **meta}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(checkpoint path, data root) shared by this file's tests."""
+    base = tmp_path_factory.mktemp("tiny")
+    root = make_data(base / "sysu")
+    return make_checkpoint(base / "tiny.ckpt", root), root
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny):
+    return Embedder.from_checkpoint(tiny[0])
+
+
+def test_embed_matches_evaluation_features(tiny, embedder):
+    from tskd.evaluation import embed_protocol
+
+    ckpt, root = tiny
+    dm = ReIDDataModule("sysu", str(root), img_h=IMG_SIZE[0], img_w=IMG_SIZE[1], trial=0,
+                        cache_dir=str(root.parent / "cache"), num_workers=0)
+    dm.setup("test")
+    p = dm.protocol
+    ref = embed_protocol(embedder.module.embed, dm.test_images, p, batch_size=16, flip=False,
+                         device="cpu")
+    index = np.asarray(ref["index"])
+    assert set(p.modality[index]) == {VISIBLE, INFRARED}  # both stems are compared
+    for modality in (VISIBLE, INFRARED):
+        rows = np.flatnonzero(p.modality[index] == modality)
+        paths = [p.paths[i] for i in index[rows]]
+        for feature in ("fc", "pool"):
+            got = embedder.embed(paths, "visible" if modality == VISIBLE else "infrared",
+                                 batch_size=7, feature=feature)
+            want = np.asarray(ref[feature])[rows]
+            assert got.shape == want.shape == (len(rows), 512)
+            assert np.abs(got - want).max() < 1e-5, (modality, feature)
+
+
+def test_inputs_paths_pil_arrays_agree(tiny, embedder):
+    _, root = tiny
+    files = sorted((root / "cam3").rglob("*.jpg"))[:5]
+    from_paths = embedder.embed(files, 1)
+    pil = [Image.open(f) for f in files]
+    full = [np.asarray(Image.open(f).convert("RGB")) for f in files]  # 96x48: resized inside
+    grey = [np.asarray(Image.open(f).convert("L")) for f in files]  # (H, W) infrared-style
+    assert full[0].shape == (*SOURCE_SIZE, 3)
+    np.testing.assert_allclose(embedder.embed(pil, "infrared"), from_paths, atol=1e-6)
+    np.testing.assert_allclose(embedder.embed(full, "ir"), from_paths, atol=1e-6)
+    # the synthetic infrared images are R=G=B, so grey -> RGB loses nothing
+    np.testing.assert_allclose(embedder.embed(grey, "thermal"), from_paths, atol=1e-6)
+    assert from_paths.dtype == np.float32 and from_paths.shape == (5, embedder.feat_dim)
+    np.testing.assert_allclose(np.linalg.norm(from_paths, axis=1), 1.0, atol=1e-5)
+    # batch size changes nothing but rounding
+    np.testing.assert_allclose(embedder.embed(files, 1, batch_size=1), from_paths, atol=1e-5)
+    # the stems differ: the same images as "visible" give other features
+    assert np.abs(embedder.embed(files, "visible") - from_paths).max() > 1e-3
+
+
+def test_parse_modality_and_bad_inputs(embedder):
+    assert [parse_modality(m) for m in ("visible", 0, "Infrared", 1, "thermal")] == [0, 0, 1, 1, 1]
+    for bad in ("depth", 2, True, None):
+        with pytest.raises(DatasetError, match="unknown modality .*'visible'"):
+            parse_modality(bad)
+    with pytest.raises(DatasetError, match="no images to embed"):
+        embedder.embed([], "visible")
+    with pytest.raises(DatasetError, match="unknown feature 'logits'"):
+        embedder.embed([np.zeros((64, 32, 3), np.uint8)], 0, feature="logits")
+    with pytest.raises(DatasetError, match="dtype float32"):
+        embedder.embed([np.zeros((64, 32, 3), np.float32)], 0)
+    with pytest.raises(DatasetError, match="cannot read image .*missing.jpg"):
+        embedder.embed(["missing.jpg"], 0)
+
+
+def test_bad_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Embedder.from_checkpoint(tmp_path / "nope.ckpt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="not a tskd checkpoint"):
+        Embedder.from_checkpoint(tmp_path / "other.ckpt")
+
+
+def test_embed_cli_writes_features_and_index(tiny, embedder, tmp_path, capsys):
+    from tskd.embed import main
+
+    _, root = tiny
+    folder = tmp_path / "photos"
+    sources = sorted((root / "cam6").rglob("*.jpg"))[:4]
+    # nested folders and a non-image file: the index must be recursive, sorted, images only
+    for i, src in enumerate(sources):
+        dst = folder / ("b" if i % 2 else "a") / f"{3 - i}.jpg"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(src.read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out" / "feats.npy"
+    assert main([str(tiny[0]), str(folder), "--modality", "infrared", "--out", str(out)]) == 0
+    feats = np.load(out)
+    index = json.loads(out.with_suffix(".json").read_text())
+    assert index["files"] == ["a/1.jpg", "a/3.jpg", "b/0.jpg", "b/2.jpg"]
+    assert index["modality"] == "infrared" and index["img_size"] == list(IMG_SIZE)
+    assert feats.shape == (4, 512) and feats.dtype == np.float32
+    want = embedder.embed([folder / f for f in index["files"]], "infrared")
+    np.testing.assert_allclose(feats, want, atol=1e-6)
+    assert [p.relative_to(folder).as_posix() for p in list_images(folder)] == index["files"]
+
+
+def test_embed_cli_errors(tiny, tmp_path, capsys):
+    from tskd.embed import main
+
+    ckpt, root = tiny
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    assert main([str(ckpt), str(tmp_path / "empty"), "--modality", "visible"]) == 1
+    assert "no images" in capsys.readouterr().err
+    assert main([str(ckpt), str(root / "cam1"), "--modality", "uv"]) == 1
+    assert "unknown modality 'uv'" in capsys.readouterr().err
+    assert main([str(tmp_path / "x.ckpt"), str(root / "cam1"), "--modality", "visible"]) == 1
+    assert "x.ckpt does not exist" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.npy"))  # nothing written on failure

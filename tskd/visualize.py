@@ -1,0 +1,372 @@
+"""Ranked lists as pictures: ``python -m tskd.visualize ckpt=path/to/last.ckpt [mode=indoor]``.
+
+Each row of the PNG grid is one query: its image (bordered in its modality's colour), then its
+top-k gallery images, each with a green border when the identity is right and red when wrong,
+captioned with the cosine similarity and the gallery image's modality and camera. The caption
+strips are coloured by modality (infrared purple, visible blue), so a cross-modality search
+reads at a glance: a purple query beside blue results. A title line per row gives the setting,
+trial, the query's rank-1 correctness and its AP. The ranking is the metric's: for SYSU-MM01 a
+cam3 query does not see cam2 gallery images.
+
+The grid is written to ``<run dir>/ranked_lists/<setting>_trial<t>_<queries>.png`` with a
+``.json`` beside it listing every row (indices, paths, identities, similarities). Options are
+under ``vis.*`` in ``configs/visualize.yaml``; the dataset, image size, backbone and RegDB split
+are resolved from the checkpoint as ``eval.py`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from PIL import Image, ImageDraw, ImageFont
+
+from tskd.data.protocol import INFRARED, MODALITY_NAMES, VISIBLE
+from tskd.errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+# Layout in pixels (the test computes the picture size from these).
+BORDER = 5  # coloured frame around every tile
+PAD = 8  # margin and gap between tiles / rows
+SEP = 24  # gap between the query and its results (holds the separator arrow)
+LINE_H = 13  # one caption line
+TITLE_H = 16  # the title line above each row
+CAPTION_LINES = 2
+GREEN, RED = (22, 163, 74), (220, 38, 38)
+MODALITY_COLOURS = {VISIBLE: (37, 99, 235), INFRARED: (126, 34, 206)}
+BACKGROUND, INK, GREY = (255, 255, 255), (20, 20, 20), (150, 150, 150)
+DOT = "  ·  "  # caption separator; the default font's spaces are narrow, so two of them
+
+
+@dataclass
+class Tile:
+    """One picture of a row: the image, two caption lines, its modality and correctness."""
+
+    image: np.ndarray  # uint8 (h, w, 3)
+    caption: tuple[str, str]  # line 1 plain, line 2 on the modality-coloured strip
+    modality: int
+    correct: bool | None = None  # None: the query (framed in its modality's colour)
+
+
+@dataclass
+class Row:
+    """A query and its ranked results (best first)."""
+
+    title: str
+    query: Tile
+    results: list[Tile]
+
+
+def _font(size: int = 11) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def grid_size(num_rows: int, topk: int, tile_h: int, tile_w: int) -> tuple[int, int]:
+    """``(width, height)`` of a grid of ``num_rows`` queries with ``topk`` results each."""
+    slot_w, slot_h = tile_w + 2 * BORDER, tile_h + 2 * BORDER
+    row_h = TITLE_H + slot_h + CAPTION_LINES * LINE_H
+    width = PAD + slot_w + SEP + topk * slot_w + (topk - 1) * PAD + PAD
+    return width, PAD + num_rows * (row_h + PAD)
+
+
+def _text(canvas: Image.Image, xy: tuple[int, int], text: str, width: int, height: int,
+          ink=INK, bg=BACKGROUND) -> None:
+    """Draw ``text`` clipped to a ``width`` x ``height`` box (long captions never overlap)."""
+    box = Image.new("RGB", (max(width, 1), height), bg)
+    ImageDraw.Draw(box).text((2, 1), text, fill=ink, font=_font())
+    canvas.paste(box, xy)
+
+
+def _tile(canvas: Image.Image, x: int, y: int, tile: Tile, size: tuple[int, int]) -> None:
+    h, w = size
+    if tile.correct is None:
+        frame = MODALITY_COLOURS[tile.modality]
+    else:
+        frame = GREEN if tile.correct else RED
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle([x, y, x + w + 2 * BORDER - 1, y + h + 2 * BORDER - 1], fill=frame)
+    img = Image.fromarray(np.asarray(tile.image, dtype=np.uint8))
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.BICUBIC)
+    canvas.paste(img, (x + BORDER, y + BORDER))
+    slot_w, cy = w + 2 * BORDER, y + h + 2 * BORDER
+    _text(canvas, (x, cy), tile.caption[0], slot_w, LINE_H)
+    _text(canvas, (x, cy + LINE_H), tile.caption[1], slot_w, LINE_H, ink=(255, 255, 255),
+          bg=MODALITY_COLOURS[tile.modality])
+
+
+def render_ranked_list(rows: list[Row], topk: int | None = None,
+                       tile_size: tuple[int, int] | None = None) -> Image.Image:
+    """Draw the grid; its size is :func:`grid_size` (``rows``, ``topk``, ``tile_size``).
+
+    Args:
+        rows: One per query. Rows with fewer results than ``topk`` leave blank slots.
+        topk: Result columns (default: the longest row's results).
+        tile_size: ``(h, w)`` of every tile; images of another size are resized (default: the
+            first query image's size).
+    """
+    if not rows:
+        raise DatasetError("no queries to draw; choose at least one (vis.num_queries >= 1).")
+    topk = topk if topk is not None else max(len(r.results) for r in rows)
+    h, w = tile_size or rows[0].query.image.shape[:2]
+    width, height = grid_size(len(rows), topk, h, w)
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    slot_w, slot_h = w + 2 * BORDER, h + 2 * BORDER
+    row_h = TITLE_H + slot_h + CAPTION_LINES * LINE_H
+    for r, row in enumerate(rows):
+        y0 = PAD + r * (row_h + PAD)
+        _text(canvas, (PAD, y0), row.title, width - 2 * PAD, TITLE_H)
+        y = y0 + TITLE_H
+        _tile(canvas, PAD, y, row.query, (h, w))
+        # separator with an arrow head: "query -> results"
+        sx, my = PAD + slot_w + SEP // 2, y + slot_h // 2
+        draw.line([sx, y, sx, y + slot_h], fill=GREY, width=2)
+        draw.polygon([(sx - 5, my - 6), (sx + 6, my), (sx - 5, my + 6)], fill=GREY)
+        for j, tile in enumerate(row.results[:topk]):
+            _tile(canvas, PAD + slot_w + SEP + j * (slot_w + PAD), y, tile, (h, w))
+    return canvas
+
+
+# ------------------------------------------------------------------------------- ranking
+@dataclass
+class Ranking:
+    """Every query's ranked gallery (positions into the search's gallery array)."""
+
+    order: np.ndarray  # (Q, G) gallery positions, best first; removed items last
+    sims: np.ndarray  # (Q, G) cosine similarity in that order
+    kept: np.ndarray  # (Q, G) bool: False for items the camera rule removes
+    correct: np.ndarray  # (Q, G) bool: same identity and kept
+    ap: np.ndarray  # (Q,) average precision, NaN when no correct item is kept
+    first_hit: np.ndarray  # (Q,) 1-based position of the first correct item, 0 when none
+
+
+def rank(q_feats: np.ndarray, g_feats: np.ndarray, q_pids, g_pids, q_cams, g_cams,
+         sysu: bool) -> Ranking:
+    """Rank as the metric does: cosine similarity, stable sort, SYSU's cam3/cam2 rule."""
+    sims = np.asarray(q_feats, np.float32) @ np.asarray(g_feats, np.float32).T  # (Q, G)
+    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+    removed = np.zeros(sims.shape, dtype=bool)
+    if sysu:  # a cam3 query does not see cam2: the two cameras share a room
+        removed = (np.asarray(q_cams)[:, None] == 3) & (np.asarray(g_cams)[None, :] == 2)
+    order = np.argsort(np.where(removed, np.inf, -sims), axis=1, kind="stable")
+    rows = np.arange(len(sims))[:, None]
+    kept = ~removed[rows, order]
+    correct = (g_pids[order] == q_pids[:, None]) & kept
+    hits = correct.sum(1)
+    pos = np.arange(1, sims.shape[1] + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ap = (correct * np.cumsum(correct, 1) / pos).sum(1) / hits
+    first_hit = np.where(hits > 0, correct.argmax(1) + 1, 0)
+    return Ranking(order, sims[rows, order], kept, correct, ap, first_hit)
+
+
+def select_queries(ranking: Ranking, query_index: np.ndarray, how, num: int, seed: int = 0
+                   ) -> np.ndarray:
+    """Positions (into the search's query array) of the queries to draw.
+
+    Args:
+        ranking: From :func:`rank`.
+        query_index: The search's query protocol indices.
+        how: ``"worst"`` (lowest AP; ties: first correct match furthest down), ``"random"``,
+            or a list of protocol indices.
+        num: How many (worst / random).
+        seed: Seed of the random draw.
+    """
+    answerable = np.flatnonzero(ranking.first_hit > 0)  # the protocol skips the others
+    if how in ("worst", "random") and len(answerable) == 0:
+        raise DatasetError("no query of this search has a correct match in its gallery, so "
+                           "none can be ranked by AP; pass vis.queries as a list of indices.")
+    if isinstance(how, str) and how == "worst":
+        worst = np.lexsort((-ranking.first_hit[answerable], ranking.ap[answerable]))
+        return answerable[worst[:num]]
+    if isinstance(how, str) and how == "random":
+        rng = np.random.default_rng(seed)
+        return rng.choice(answerable, size=min(num, len(answerable)), replace=False)
+    if isinstance(how, str | int) or how is None:
+        raise DatasetError(f"vis.queries={how!r}; use worst, random or a list of protocol "
+                           "indices such as [0,12,40].")
+    where = {int(p): i for i, p in enumerate(query_index)}
+    missing = [int(p) for p in how if int(p) not in where]
+    if missing:
+        raise DatasetError(
+            f"vis.queries {missing} are not queries of this search (its query protocol indices "
+            f"are {int(query_index.min())}..{int(query_index.max())}, {len(query_index)} of "
+            "them); pick indices from that range."
+        )
+    return np.array([where[int(p)] for p in how], dtype=np.int64)
+
+
+def build_rows(ranking: Ranking, picked: np.ndarray, search, protocol, images, topk: int
+               ) -> tuple[list[Row], list[dict]]:
+    """Tiles and titles of the picked queries, plus the same facts as JSON-ready dicts."""
+    rows, facts = [], []
+    for qpos in picked:
+        qi = int(search.query[qpos])
+        q_mod = int(protocol.modality[qi])
+        query = Tile(np.asarray(images[qi]), (f"query{DOT}id {protocol.pids[qi]}",
+                     f"{MODALITY_NAMES[q_mod]}{DOT}cam{protocol.cams[qi]}"), q_mod)
+        results, listed = [], []
+        for j in range(min(topk, int(ranking.kept[qpos].sum()))):
+            gi = int(search.gallery[ranking.order[qpos, j]])
+            ok, sim = bool(ranking.correct[qpos, j]), float(ranking.sims[qpos, j])
+            g_mod = int(protocol.modality[gi])
+            line1 = f"{sim:.2f}" + ("" if ok else f"{DOT}id {protocol.pids[gi]}")
+            results.append(Tile(np.asarray(images[gi]),
+                                (line1, f"{MODALITY_NAMES[g_mod]}{DOT}cam{protocol.cams[gi]}"),
+                                g_mod, ok))
+            listed.append({"index": gi, "path": protocol.paths[gi], "pid": int(protocol.pids[gi]),
+                           "cam": int(protocol.cams[gi]), "similarity": sim, "correct": ok})
+        ap, first = float(ranking.ap[qpos]), int(ranking.first_hit[qpos])
+        r1 = "correct" if ranking.correct[qpos, 0] else "wrong"
+        ap_text = f"AP {ap:.2f}{DOT}first match #{first}" if first else "no match in gallery"
+        title = DOT.join([search.setting, f"trial {search.trial}", f"query {qi}",
+                          f"rank-1 {r1}", ap_text])
+        rows.append(Row(title, query, results))
+        facts.append({"index": qi, "path": protocol.paths[qi], "pid": int(protocol.pids[qi]),
+                      "cam": int(protocol.cams[qi]), "modality": MODALITY_NAMES[q_mod],
+                      "ap": None if np.isnan(ap) else ap, "first_match": first,
+                      "results": listed})
+    return rows, facts
+
+
+# ------------------------------------------------------------------------------ the app
+def _resolve_data(cfg: DictConfig, overrides: list[str], ckpt: dict, setting: str | None):
+    """The test datamodule for ``cfg.ckpt``, resolved as ``tskd.run.evaluate`` does.
+
+    Mirrors evaluate's checks (backbone, dataset, RegDB split, image size, class count); SYSU
+    builds only the drawn mode and trial.
+    """
+    from tskd.errors import CheckpointError
+    from tskd.run import _overridden, build_datamodule
+
+    meta = ckpt["tskd"]
+    if _overridden(overrides, "model.backbone") and cfg.model.backbone != meta["backbone"]:
+        raise CheckpointError(f"checkpoint {cfg.ckpt} holds a {meta['backbone']} but "
+                              f"model.backbone={cfg.model.backbone} was asked for; drop it.")
+    if cfg.dataset.name != meta["dataset"] and not cfg.eval.allow_other_dataset:
+        raise CheckpointError(
+            f"checkpoint {cfg.ckpt} was trained on {meta['dataset']} but dataset="
+            f"{cfg.dataset.name} was asked for; use {meta['dataset']}, or set "
+            "eval.allow_other_dataset=true for a cross-dataset test.")
+    trial = cfg.dataset.trial
+    if cfg.dataset.name == "regdb":
+        if meta["dataset"] == "regdb" and not _overridden(overrides, "dataset.trial"):
+            trial = meta["trial"]
+        elif meta["dataset"] == "regdb" and trial != meta["trial"] and \
+                not cfg.eval.allow_other_trial:
+            raise CheckpointError(
+                f"checkpoint {cfg.ckpt} was trained on RegDB split {meta['trial']}; split "
+                f"{trial} holds its training identities. Use dataset.trial={meta['trial']}.")
+        if cfg.vis.trial is not None and cfg.vis.trial != trial:
+            raise DatasetError(f"vis.trial={cfg.vis.trial} but the RegDB split is {trial}; "
+                               "RegDB has one gallery per split: drop vis.trial.")
+        modes = (cfg.mode.name,)
+    else:
+        trial = cfg.vis.trial if cfg.vis.trial is not None else (trial or 0)
+        modes = (setting or cfg.mode.name,)
+    h, w = meta["img_size"]
+    h = cfg.dataset.img_h if _overridden(overrides, "dataset.img_h") else h
+    w = cfg.dataset.img_w if _overridden(overrides, "dataset.img_w") else w
+    dm = build_datamodule(cfg, img_h=h, img_w=w, trial=trial, modes=modes)
+    dm.prepare_data()
+    dm.setup("test")
+    if cfg.dataset.name == meta["dataset"] and dm.num_classes != meta["num_classes"]:
+        raise CheckpointError(
+            f"checkpoint {cfg.ckpt} has {meta['num_classes']} classes but {cfg.dataset.root} "
+            f"has {dm.num_classes} training identities; point dataset.root at its data.")
+    return dm
+
+
+def _check_options(cfg: DictConfig, how) -> None:
+    """Refuse bad ``vis.*`` values up front, each with the accepted ones."""
+    vis, sysu = cfg.vis, cfg.dataset.name == "sysu"
+    settings = ("all", "indoor") if sysu else ("visible2thermal", "thermal2visible")
+    problems = []
+    if vis.setting is not None and vis.setting not in settings:
+        problems.append(f"vis.setting={vis.setting!r} (use one of {list(settings)} or null)")
+    if vis.feature not in ("fc", "pool"):
+        problems.append(f"vis.feature={vis.feature!r} (use fc or pool)")
+    if not (how in ("worst", "random") or isinstance(how, list)):
+        problems.append(f"vis.queries={how!r} (use worst, random or a list like [0,12,40])")
+    for key in ("num_queries", "topk", "scale"):
+        if not vis[key] > 0:
+            problems.append(f"vis.{key}={vis[key]} (must be > 0)")
+    if problems:
+        raise DatasetError("bad ranked-list options: " + "; ".join(problems) + ".")
+
+
+def write_ranked_lists(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
+    """Draw the ranked lists ``cfg.vis`` asks for; returns the PNG written (JSON beside it)."""
+    import torch
+
+    from tskd.checkpoint import build_module, load_checkpoint
+    from tskd.evaluation import embed_protocol
+
+    vis = cfg.vis
+    how = vis.queries
+    how = OmegaConf.to_container(how) if isinstance(how, ListConfig) else how
+    _check_options(cfg, how)  # before any data or model is loaded
+    ckpt = load_checkpoint(cfg.ckpt)
+    dm = _resolve_data(cfg, list(overrides or []), ckpt, vis.setting)
+    protocol = dm.protocol
+    setting = vis.setting or (cfg.mode.name if protocol.dataset == "sysu" else "visible2thermal")
+    search = next(s for s in protocol.searches if s.setting == setting)
+    if cfg.eval.rerank:
+        log.warning("eval.rerank is on, but ranked lists show the plain cosine ranking")
+    # flip is applied by embed_protocol, so the module itself must not flip as well
+    module = build_module(ckpt, cfg.ckpt, eval={"flip": False, "rerank": False},
+                          channels_last=False)
+    gpu = cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    module.to(device)
+    feats = embed_protocol(module.embed, dm.test_images, protocol,
+                           batch_size=cfg.data.test_batch_size, flip=bool(cfg.eval.flip),
+                           device=device)
+    row_of = {int(i): r for r, i in enumerate(np.asarray(feats["index"]))}
+    f = np.asarray(feats[vis.feature], dtype=np.float32)  # (needed, C), rows as feats["index"]
+    q = f[[row_of[int(i)] for i in search.query]]
+    g = f[[row_of[int(i)] for i in search.gallery]]
+    ranking = rank(q, g, protocol.pids[search.query], protocol.pids[search.gallery],
+                   protocol.cams[search.query], protocol.cams[search.gallery],
+                   sysu=protocol.dataset == "sysu")
+    picked = select_queries(ranking, search.query, how, int(vis.num_queries), int(vis.seed))
+    rows, facts = build_rows(ranking, picked, search, protocol, dm.test_images, int(vis.topk))
+    h, w = dm.size
+    tile = (max(1, round(h * float(vis.scale))), max(1, round(w * float(vis.scale))))
+    topk = min(int(vis.topk), len(search.gallery))
+    image = render_ranked_list(rows, topk=topk, tile_size=tile)
+    out_dir = Path(vis.out_dir) if vis.out_dir else Path(cfg.paths.output_dir) / "ranked_lists"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    label = how if isinstance(how, str) else "chosen"
+    png = out_dir / f"{setting}_trial{search.trial}_{label}.png"
+    image.save(png)
+    png.with_suffix(".json").write_text(json.dumps(
+        {"checkpoint": str(cfg.ckpt), "setting": setting, "trial": search.trial,
+         "feature": vis.feature, "queries": facts}, indent=1))
+    log.info("wrote %s (%d x %d, %d queries, top-%d)", png, image.width, image.height,
+             len(rows), topk)
+    return png
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="visualize")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from tskd.entry import record_failure
+
+    with record_failure(cfg.paths.output_dir):
+        write_ranked_lists(cfg, overrides=list(HydraConfig.get().overrides.task))
+
+
+if __name__ == "__main__":
+    main()
