@@ -139,21 +139,28 @@ def train(cfg: DictConfig) -> dict:
     return _report(cfg, trainer, model.test_summaries, out)
 
 
-def _overridden(overrides: list[str], key: str) -> bool:
+def overridden(overrides: list[str], key: str) -> bool:
+    """Whether the command line set ``key`` (``key=...``, ``+key=...``)."""
     return any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides)
 
 
-def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
-    """Run the test protocol on ``cfg.ckpt``; returns metrics.json's dict.
+def resolve_test_datamodule(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None,
+                    **dm_overrides) -> ReIDDataModule:
+    """The test datamodule for checkpoint ``ckpt``, checked against what it was trained on.
 
     Backbone, image size and (RegDB) split come from the checkpoint unless the command line
-    overrides them; an explicit backbone that differs, another dataset or another RegDB split is
-    refused unless the matching ``eval.allow_*`` switch is on.
+    overrides them; an explicit backbone that differs, another dataset, another RegDB split or a
+    class count that does not fit is refused unless the matching ``eval.allow_*`` switch is on.
+
+    Args:
+        cfg: An eval-style config (``dataset``, ``mode``, ``data``, ``eval``, ``ckpt``).
+        ckpt: The dict from :func:`tskd.checkpoint.load_checkpoint`.
+        overrides: The command line's overrides (Hydra's ``overrides.task``).
+        **dm_overrides: Datamodule arguments to force (e.g. one SYSU ``trial`` and ``modes``).
     """
     overrides = list(overrides or [])
-    ckpt = load_checkpoint(cfg.ckpt)
-    meta, hp = ckpt["tskd"], ckpt["hyper_parameters"]
-    if _overridden(overrides, "model.backbone") and cfg.model.backbone != meta["backbone"]:
+    meta = ckpt["tskd"]
+    if overridden(overrides, "model.backbone") and cfg.model.backbone != meta["backbone"]:
         raise CheckpointError(
             f"checkpoint {cfg.ckpt} holds a {meta['backbone']} but model.backbone="
             f"{cfg.model.backbone} was asked for; drop the override (the checkpoint's backbone "
@@ -167,7 +174,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
         )
     trial = cfg.dataset.trial
     if cfg.dataset.name == "regdb" and meta["dataset"] == "regdb":
-        if not _overridden(overrides, "dataset.trial"):
+        if not overridden(overrides, "dataset.trial"):
             trial = meta["trial"]
         elif trial != meta["trial"] and not cfg.eval.allow_other_trial:
             raise CheckpointError(
@@ -176,11 +183,11 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
                 f"{meta['trial']} (or eval.allow_other_trial=true to do it anyway)."
             )
     h, w = meta["img_size"]
-    if _overridden(overrides, "dataset.img_h"):
+    if overridden(overrides, "dataset.img_h"):
         h = cfg.dataset.img_h
-    if _overridden(overrides, "dataset.img_w"):
+    if overridden(overrides, "dataset.img_w"):
         w = cfg.dataset.img_w
-    dm = build_datamodule(cfg, img_h=h, img_w=w, trial=trial)
+    dm = build_datamodule(cfg, **{"img_h": h, "img_w": w, "trial": trial, **dm_overrides})
     dm.prepare_data()
     dm.setup("test")
     if cfg.dataset.name == meta["dataset"] and dm.num_classes != meta["num_classes"]:
@@ -189,9 +196,15 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
             f"{cfg.dataset.root} has {dm.num_classes} training identities: it was trained on "
             "another copy or split of the data. Point dataset.root at the data it was trained on."
         )
+    return dm
+
+
+def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
+    """Test ``cfg.ckpt`` (see :func:`resolve_test_datamodule`); returns metrics.json's dict."""
+    ckpt = load_checkpoint(cfg.ckpt)
+    dm = resolve_test_datamodule(cfg, ckpt, overrides)
     module = build_module(ckpt, cfg.ckpt, eval={k: cfg.eval[k] for k in ("flip", "rerank")},
                           channels_last=bool(cfg.trainer.get("channels_last", False)))
-    del hp
     trainer = build_trainer(cfg, training=False)
     trainer.test(module, datamodule=dm, verbose=False)
     return _report(cfg, trainer, module.test_summaries, Path(cfg.paths.output_dir))

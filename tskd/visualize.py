@@ -241,50 +241,18 @@ def build_rows(ranking: Ranking, picked: np.ndarray, search, protocol, images, t
 
 # ------------------------------------------------------------------------------ the app
 def _resolve_data(cfg: DictConfig, overrides: list[str], ckpt: dict, setting: str | None):
-    """The test datamodule for ``cfg.ckpt``, resolved as ``tskd.run.evaluate`` does.
+    """The test datamodule as eval resolves it; SYSU builds only the drawn mode and trial."""
+    from tskd.run import resolve_test_datamodule
 
-    Mirrors evaluate's checks (backbone, dataset, RegDB split, image size, class count); SYSU
-    builds only the drawn mode and trial.
-    """
-    from tskd.errors import CheckpointError
-    from tskd.run import _overridden, build_datamodule
-
-    meta = ckpt["tskd"]
-    if _overridden(overrides, "model.backbone") and cfg.model.backbone != meta["backbone"]:
-        raise CheckpointError(f"checkpoint {cfg.ckpt} holds a {meta['backbone']} but "
-                              f"model.backbone={cfg.model.backbone} was asked for; drop it.")
-    if cfg.dataset.name != meta["dataset"] and not cfg.eval.allow_other_dataset:
-        raise CheckpointError(
-            f"checkpoint {cfg.ckpt} was trained on {meta['dataset']} but dataset="
-            f"{cfg.dataset.name} was asked for; use {meta['dataset']}, or set "
-            "eval.allow_other_dataset=true for a cross-dataset test.")
-    trial = cfg.dataset.trial
     if cfg.dataset.name == "regdb":
-        if meta["dataset"] == "regdb" and not _overridden(overrides, "dataset.trial"):
-            trial = meta["trial"]
-        elif meta["dataset"] == "regdb" and trial != meta["trial"] and \
-                not cfg.eval.allow_other_trial:
-            raise CheckpointError(
-                f"checkpoint {cfg.ckpt} was trained on RegDB split {meta['trial']}; split "
-                f"{trial} holds its training identities. Use dataset.trial={meta['trial']}.")
-        if cfg.vis.trial is not None and cfg.vis.trial != trial:
-            raise DatasetError(f"vis.trial={cfg.vis.trial} but the RegDB split is {trial}; "
-                               "RegDB has one gallery per split: drop vis.trial.")
-        modes = (cfg.mode.name,)
-    else:
-        trial = cfg.vis.trial if cfg.vis.trial is not None else (trial or 0)
-        modes = (setting or cfg.mode.name,)
-    h, w = meta["img_size"]
-    h = cfg.dataset.img_h if _overridden(overrides, "dataset.img_h") else h
-    w = cfg.dataset.img_w if _overridden(overrides, "dataset.img_w") else w
-    dm = build_datamodule(cfg, img_h=h, img_w=w, trial=trial, modes=modes)
-    dm.prepare_data()
-    dm.setup("test")
-    if cfg.dataset.name == meta["dataset"] and dm.num_classes != meta["num_classes"]:
-        raise CheckpointError(
-            f"checkpoint {cfg.ckpt} has {meta['num_classes']} classes but {cfg.dataset.root} "
-            f"has {dm.num_classes} training identities; point dataset.root at its data.")
-    return dm
+        if cfg.vis.trial is not None and cfg.vis.trial != ckpt["tskd"].get("trial"):
+            raise DatasetError(f"vis.trial={cfg.vis.trial} but the RegDB split is "
+                               f"{ckpt['tskd'].get('trial')}; RegDB has one gallery per split: "
+                               "drop vis.trial.")
+        return resolve_test_datamodule(cfg, ckpt, overrides, modes=(cfg.mode.name,))
+    trial = cfg.vis.trial if cfg.vis.trial is not None else (cfg.dataset.trial or 0)
+    return resolve_test_datamodule(cfg, ckpt, overrides, trial=trial,
+                           modes=(setting or cfg.mode.name,))
 
 
 def _check_options(cfg: DictConfig, how) -> None:

@@ -117,16 +117,19 @@ def test_infrared_comes_from_materials_not_colours():
     luma = np.array([p["colours"] @ [0.299, 0.587, 0.114] for p in people])  # (60, 9)
     # Skin is always the warmest part, whatever the clothes' colours.
     assert (mats[:, 1:2] > mats[:, 2:]).all()
-    # A garment's infrared intensity is unrelated to its visible brightness.
+    # A garment's visible brightness follows its infrared material (the cross-modal cue), but
+    # not exactly: a quarter of it is the garment's own random colour.
     for part in (3, 5):
-        assert abs(np.corrcoef(mats[:, part], luma[:, part])[0, 1]) < 0.4
+        r = np.corrcoef(mats[:, part], luma[:, part])[0, 1]
+        assert 0.6 < r < 0.999
     # Same identity and pose, two renderings: figure pixels differ from a grey conversion.
     light = np.float32([1.0, 1.0, 1.0])
     vis = synthetic._render(people[0], np.random.default_rng(5), (128, 64), light, False)
     ir = synthetic._render(people[0], np.random.default_rng(5), (128, 64), light[:1], True)
     body = synthetic._figure(people[0], np.random.default_rng(5), 128, 64)[0] > 0
     grey = vis.astype(float) @ [0.299, 0.587, 0.114]
-    assert abs(np.corrcoef(grey[body], ir[..., 0][body])[0, 1]) < 0.7
+    # related (the cross-modal cue) but not a grey conversion: skin, hair and bags differ
+    assert np.abs(grey[body] - ir[..., 0][body]).mean() > 10
 
 
 def test_marker_skips_or_regenerates(tmp_path):
