@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -39,8 +41,17 @@ def test_resnet50_shapes_one_pass():
     assert f.shape == (6, 2048) and logits.shape == (6, 5)
 
 
+def test_stems_start_equal_but_are_separate_weights():
+    fresh = TwoStreamNet(7, backbone="resnet18")
+    vis, ir = fresh.backbone.visible_stem, fresh.backbone.infrared_stem
+    assert torch.equal(vis.conv1.weight, ir.conv1.weight)
+    assert vis.conv1.weight.data_ptr() != ir.conv1.weight.data_ptr()
+
+
 def test_stems_make_the_modalities_differ(net, images):
+    net = copy.deepcopy(net)
     with torch.no_grad():
+        net.backbone.infrared_stem.conv1.weight.mul_(1.5).add_(0.01)  # as after some training
         vis, ir = net(images, 0), net(images, 1)
         assert (vis - ir).abs().max() > 1e-3
         twin = TwoStreamNet(7, backbone="resnet18").eval()

@@ -47,8 +47,11 @@ class TwoStreamResNet(nn.Module):
         non_local: Insert non-local blocks into layer2 and layer3.
         nl_inter_channels: Inner width of the non-local blocks (see :class:`NonLocalBlock`).
 
-    Convolutions keep torchvision's Kaiming-normal (fan_out) initialisation; the infrared stem
-    gets its own draw, so without pretrained weights the two stems start different.
+    Convolutions keep torchvision's Kaiming-normal (fan_out) initialisation. Both stems start
+    from the same weights, as they do with ImageNet weights: the modalities begin in one feature
+    space and training lets the stems diverge. (With independent draws a from-scratch model
+    first has to learn to map two unrelated stem outputs together; on the CPU demo cross-modal
+    retrieval then stayed at chance.)
     """
 
     def __init__(
@@ -70,10 +73,7 @@ class TwoStreamResNet(nn.Module):
         resnet = build(weights=None)
 
         self.visible_stem = _make_stem(resnet)
-        self.infrared_stem = copy.deepcopy(self.visible_stem)
-        nn.init.kaiming_normal_(
-            self.infrared_stem.conv1.weight, mode="fan_out", nonlinearity="relu"
-        )
+        self.infrared_stem = copy.deepcopy(self.visible_stem)  # same start, separate weights
         self.layer1, self.layer2 = resnet.layer1, resnet.layer2
         self.layer3, self.layer4 = resnet.layer3, resnet.layer4
         if last_stride == 1:
