@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,19 @@ log = logging.getLogger(__name__)
 SYSU_TRIALS = range(10)
 
 
+def default_cache_dir(root: str | Path) -> Path:
+    """``ROOT/tskd_cache`` when the dataset folder is writable, else a user cache folder.
+
+    Datasets often live on read-only shares; the fallback is named after the dataset's absolute
+    path so two copies of a dataset never share (and keep rebuilding) one cache.
+    """
+    root = Path(root).resolve()
+    if os.access(root, os.W_OK) or not root.exists():
+        return root / "tskd_cache"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tskd"
+    return base / "_".join(p for p in root.parts if p not in ("/", "\\"))
+
+
 class ReIDDataModule(pl.LightningDataModule):
     """SYSU-MM01 or RegDB for TSKD training and the standard test protocol.
 
@@ -47,7 +61,9 @@ class ReIDDataModule(pl.LightningDataModule):
         trial: SYSU: gallery trial to test (None = all ten); RegDB: the split 1..10.
         modes: SYSU search modes to test (``"all"``, ``"indoor"``); ignored for RegDB.
         shots: Gallery images per identity and camera (SYSU).
-        cache_dir: Folder for the resized-image caches (default ``ROOT/tskd_cache``).
+        cache_dir: Folder for the resized-image caches. None: ``ROOT/tskd_cache``, or when the
+            dataset folder is read-only a per-dataset folder under ``$XDG_CACHE_HOME/tskd``
+            (``~/.cache/tskd``).
         synthetic: ``{"layout": "sysu"|"regdb", "seed": int}`` to generate the dataset at ``root``
             when it is not there yet, or None for real data.
         num_ids: P identities per batch (per device).
@@ -90,7 +106,7 @@ class ReIDDataModule(pl.LightningDataModule):
         self.size = (int(img_h), int(img_w))
         self.modes = tuple(modes)
         self.shots = int(shots)
-        self.cache_dir = Path(cache_dir) if cache_dir else Path(self.root) / "tskd_cache"
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.root)
         self.synthetic = dict(synthetic) if synthetic else None
         self.num_ids, self.num_pos = int(num_ids), int(num_pos)
         self.num_workers, self.test_batch_size, self.seed = num_workers, test_batch_size, seed

@@ -1,0 +1,91 @@
+"""The datamodule's own decisions: cache location, protocol assembly, loaders."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from tskd.data import sysu
+from tskd.data.datamodule import ReIDDataModule, default_cache_dir
+from tskd.data.protocol import INFRARED, VISIBLE
+from tskd.data.synthetic import make_regdb, make_sysu
+from tskd.errors import DatasetError
+
+
+@pytest.fixture(scope="module")
+def sysu_root(tmp_path_factory):
+    return make_sysu(tmp_path_factory.mktemp("s") / "sysu", seed=3, num_train=12, num_val=2,
+                     num_test=8, images_per_cam=2, size=(32, 16))
+
+
+def test_cache_dir_falls_back_when_dataset_is_read_only(tmp_path, monkeypatch):
+    data = tmp_path / "share" / "SYSU"
+    data.mkdir(parents=True)
+    assert default_cache_dir(data) == data.resolve() / "tskd_cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(os, "access", lambda p, mode: False)  # root may ignore chmod
+    fallback = default_cache_dir(data)
+    assert fallback.parent == tmp_path / "xdg" / "tskd"
+    assert "share_SYSU" in fallback.name
+
+
+def test_sysu_protocol_indexes_standard_galleries(sysu_root):
+    dm = ReIDDataModule("sysu", str(sysu_root), img_h=16, img_w=8, modes=("all", "indoor"),
+                        num_workers=0)
+    dm.setup()
+    p = dm.protocol
+    assert len(p.searches) == 20 and p.settings() == ["all", "indoor"]
+    query = sysu.query_set(str(sysu_root))
+    assert [p.paths[i] for i in p.searches[0].query] == [r[0] for r in query]
+    assert (p.modality[p.searches[0].query] == INFRARED).all()
+    for s in p.searches:
+        g = sysu.gallery_set(str(sysu_root), mode=s.setting, trial=s.trial)
+        assert [p.paths[i] for i in s.gallery] == [r[0] for r in g]
+        assert (p.modality[s.gallery] == VISIBLE).all()
+    # the test cache row of an entry is that image, resized
+    assert dm.test_images.shape == (len(p.paths), 16, 8, 3)
+
+
+def test_regdb_shares_one_cache_across_splits(tmp_path):
+    root = make_regdb(tmp_path / "regdb", seed=1, num_ids=10, images_per_modality=2,
+                      size=(32, 16))
+    dms = [ReIDDataModule("regdb", str(root), img_h=16, img_w=8, trial=t, num_workers=0,
+                          num_ids=2, num_pos=2) for t in (1, 2)]
+    for dm in dms:
+        dm.setup()
+    caches = sorted(p.name for p in (root / "tskd_cache").glob("*.npy"))
+    assert caches == ["regdb_all_16x8.npy"]
+    a, b = dms
+    assert a.train_visible != b.train_visible  # two splits, two training sets, one cache
+    (v2t, t2v) = a.protocol.searches
+    assert (v2t.setting, t2v.setting) == ("visible2thermal", "thermal2visible")
+    assert np.array_equal(v2t.query, t2v.gallery) and np.array_equal(v2t.gallery, t2v.query)
+    batch = next(iter(a.train_dataloader()))
+    assert batch[0].shape == (4, 3, 16, 8)
+    labels, vis_rows, ir_rows = batch[3].numpy(), batch[4].numpy(), batch[5].numpy()
+    assert (a.visible_labels[vis_rows] == labels).all()
+    assert (a.infrared_labels[ir_rows] == labels).all()
+
+
+def test_bad_protocol_arguments(sysu_root):
+    with pytest.raises(DatasetError, match="RegDB needs a split 1..10"):
+        ReIDDataModule("regdb", "x", trial=11)
+    with pytest.raises(DatasetError, match="SYSU gallery trials are 0..9"):
+        ReIDDataModule("sysu", str(sysu_root), trial=10)
+    with pytest.raises(DatasetError, match="'market' is not a protocol"):
+        ReIDDataModule("market", "x")
+
+
+def test_test_loader_pads_evenly_under_ddp(sysu_root):
+    dm = ReIDDataModule("sysu", str(sysu_root), img_h=16, img_w=8, num_workers=0)
+    dm.setup()
+    needed = set(dm.protocol.needed().tolist())
+    seen, sizes = [], []
+    for rank in (0, 1):
+        dm.trainer = type("T", (), {"global_rank": rank, "world_size": 2})()
+        rows = [int(i) for batch in dm.test_dataloader() for i in batch[2]]
+        sizes.append(len(rows))
+        seen += rows
+    assert sizes[0] == sizes[1] and set(seen) == needed
