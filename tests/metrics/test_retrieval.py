@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +10,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_evaluation import sysu_protocol as toy_sysu_protocol  # noqa: E402  (tests/ on sys.path)
 from torch.utils.data import DistributedSampler
 
 from tskd.data import protocol as proto
-from tskd.data.protocol import INFRARED, VISIBLE, Search
 from tskd.errors import DatasetError
 from tskd.evaluation import evaluate_features, summarize
 from tskd.metrics.retrieval import RetrievalMetric
@@ -22,24 +21,7 @@ from tskd.metrics.retrieval import RetrievalMetric
 
 def sysu_protocol(num_ids: int = 7, trials: int = 3) -> proto.TestProtocol:
     """A small SYSU-shaped protocol: IR queries, 2 images per (id, visible cam), 2 modes."""
-    rng = np.random.default_rng(0)
-    recs = [(pid, cam, INFRARED) for pid in range(num_ids) for cam in (3, 6)
-            for _ in range(rng.integers(1, 4))]
-    nq = len(recs)
-    cand = {}
-    for pid in range(num_ids):
-        for cam in (1, 2, 4, 5):
-            cand[(pid, cam)] = list(range(len(recs), len(recs) + 2))
-            recs += [(pid, cam, VISIBLE)] * 2
-    searches = []
-    for mode, cams in (("all", (1, 2, 4, 5)), ("indoor", (1, 2))):
-        for t in range(trials):
-            r = random.Random(t)
-            gallery = [r.choice(cand[(pid, cam)]) for pid in range(num_ids) for cam in cams]
-            searches.append(Search(mode, t, np.arange(nq), np.array(gallery)))
-    return proto.TestProtocol("sysu", [f"img{i}.jpg" for i in range(len(recs))],
-                        np.array([r[0] for r in recs]), np.array([r[1] for r in recs]),
-                        np.array([r[2] for r in recs]), searches)
+    return toy_sysu_protocol(num_ids=num_ids, trials=trials, shots=2)
 
 
 def features(protocol: proto.TestProtocol, dim: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

@@ -36,7 +36,7 @@ from tskd.errors import DatasetError
 log = logging.getLogger(__name__)
 
 MARKER = ".tskd_synthetic.json"
-_VERSION = 2
+_VERSION = 3
 _LAYOUT_DIRS = {"sysu": tuple(f"cam{c}" for c in range(1, 7)) + ("exp",),
                 "regdb": ("Visible", "Thermal", "idx")}
 # Part labels of the figure map: 0 background, 1 skin, 2 hair, 3 upper clothing,
@@ -62,13 +62,13 @@ def _identity(rng: np.random.Generator) -> dict:
     for part, base in ((4, 3), (6, 5)):
         step = rng.uniform(0.2, 0.3)
         mats[part] = mats[base] + step if mats[base] < 0.5 else mats[base] - step
-    # Real garments that look bright tend to read warm-ish and dark ones cool-ish only weakly;
-    # here the visible luminance of clothing follows its infrared material closely enough that
-    # a network seeing gray/channel-exchanged views (the method's augmentations) can tie the two
+    # In real data a garment's visible brightness and infrared intensity are only loosely tied;
+    # here the visible luminance of clothing follows its infrared material closely, so that a
+    # network seeing gray/channel-exchanged views (the method's augmentations) can tie the two
     # modalities together within a few CPU minutes, while hue stays identity-specific.
     for part in (3, 4, 5, 6):
         lum = float(colours[part] @ _LUMA)
-        target = 0.75 * mats[part] / 0.95 + 0.25 * lum
+        target = 0.9 * mats[part] / 0.95 + 0.1 * lum
         colours[part] = np.clip(colours[part] * (target / max(lum, 1e-3)), 0.02, 1.0)
     return {
         "height": rng.uniform(0.78, 0.94), "head": rng.uniform(0.055, 0.08),
