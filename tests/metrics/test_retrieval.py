@@ -78,7 +78,7 @@ def test_mismatch_with_the_protocol_is_reported():
     cams[3] = 9
     metric.update(pool[i], fc[i], torch.from_numpy(protocol.pids)[i], cams,
                   torch.from_numpy(protocol.modality)[i], i)
-    with pytest.raises(DatasetError, match=rf"image {int(i[3])} \(img{int(i[3])}.jpg\) arrived "
+    with pytest.raises(DatasetError, match=rf"image {int(i[3])} \(img{int(i[3])}.png\) arrived "
                                            r"with cams 9 but the protocol says"):
         metric.compute()
     with pytest.raises(DatasetError, match="compute\\(\\) before any update"):
