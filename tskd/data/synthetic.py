@@ -36,7 +36,7 @@ from tskd.errors import DatasetError
 log = logging.getLogger(__name__)
 
 MARKER = ".tskd_synthetic.json"
-_VERSION = 3
+_VERSION = 4
 _LAYOUT_DIRS = {"sysu": tuple(f"cam{c}" for c in range(1, 7)) + ("exp",),
                 "regdb": ("Visible", "Thermal", "idx")}
 # Part labels of the figure map: 0 background, 1 skin, 2 hair, 3 upper clothing,
@@ -132,13 +132,14 @@ def _figure(ident: dict, rng: np.random.Generator, h: int, w: int) -> tuple:
 
 def _background(rng: np.random.Generator, h: int, w: int, channels: int) -> np.ndarray:
     """Clutter (h, w, channels) in [0, 1]: a tinted gradient plus a few rectangles."""
-    lo, hi = (0.05, 0.3) if channels == 1 else (0.2, 0.8)
-    bg = np.ones((h, w, channels), np.float32) * rng.uniform(lo, hi, channels)
+    # Both modalities draw clutter of the same brightness range, so the background does not
+    # give the modality away more than the sensor itself does.
+    bg = np.ones((h, w, channels), np.float32) * rng.uniform(0.2, 0.8, channels)
     bg += (np.linspace(-0.1, 0.1, h, dtype=np.float32) * rng.uniform(-1, 1))[:, None, None]
     for _ in range(int(rng.integers(3, 7))):
         y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
         dy, dx = int(rng.integers(h // 16, h // 3 + 1)), int(rng.integers(w // 8, w // 2 + 1))
-        bg[y : y + dy, x : x + dx] = rng.uniform(0.05, 0.45 if channels == 1 else 1.0, channels)
+        bg[y : y + dy, x : x + dx] = rng.uniform(0.05, 1.0, channels)
     return bg
 
 
