@@ -112,6 +112,7 @@ def train(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     if _is_local_zero():
         write_run_info(out)
+        log.info("run dir: %s", out)
     pl.seed_everything(cfg.seed, workers=True)
     dm = build_datamodule(cfg)
     if _is_local_zero():
