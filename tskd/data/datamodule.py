@@ -151,7 +151,8 @@ class ReIDDataModule(pl.LightningDataModule):
             self._load()
             self._ready = True
 
-    def _arrays(self, vis: list, ir: list, test: list) -> tuple:
+    def _arrays(self, vis: list, ir: list, test: list, vis_labels: np.ndarray,
+                ir_labels: np.ndarray) -> tuple:
         """(visible, infrared, test) image arrays aligned with the three record lists.
 
         SYSU: one cache per list (or the standard ``train_*_resized_img.npy`` files). RegDB: one
@@ -159,9 +160,7 @@ class ReIDDataModule(pl.LightningDataModule):
         sweep share it instead of writing ten copies.
         """
         if self.name == "sysu":
-            std = standard_train_arrays(
-                self.root, self.size, np.array([r[1] for r in vis]), np.array([r[1] for r in ir])
-            )
+            std = standard_train_arrays(self.root, self.size, vis_labels, ir_labels)
             if std is None:
                 std = (self._cache([r[0] for r in vis], "train_visible"),
                        self._cache([r[0] for r in ir], "train_infrared"))
@@ -175,12 +174,13 @@ class ReIDDataModule(pl.LightningDataModule):
         vis, ir = self._train_lists()
         query_side, gallery_side = self._test_lists()
         test = list(query_side) + list(gallery_side)
-        vis_images, ir_images, test_images = self._arrays(vis, ir, test)
+        vis_labels = np.array([r[1] for r in vis], dtype=np.int64)
+        ir_labels = np.array([r[1] for r in ir], dtype=np.int64)
+        vis_images, ir_images, test_images = self._arrays(vis, ir, test, vis_labels, ir_labels)
         if build_only:
             return
         self.train_visible, self.train_infrared = vis, ir
-        self.visible_labels = np.array([r[1] for r in vis], dtype=np.int64)
-        self.infrared_labels = np.array([r[1] for r in ir], dtype=np.int64)
+        self.visible_labels, self.infrared_labels = vis_labels, ir_labels
         self.visible_images, self.infrared_images = vis_images, ir_images
         self.test_images = test_images
         self.protocol = self._protocol(list(query_side), list(gallery_side))
