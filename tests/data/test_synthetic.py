@@ -122,6 +122,11 @@ def test_infrared_comes_from_materials_not_colours():
     for part in (3, 5):
         r = np.corrcoef(mats[:, part], luma[:, part])[0, 1]
         assert 0.8 < r < 0.9999
+    # Garments stay coloured, but any one channel (what the channel-exchange view keeps) is
+    # close to the luminance: at full saturation the mean gap would be about 0.19.
+    garments = np.array([p["colours"][part] for p in people for part in (3, 4, 5, 6)])
+    gap = np.abs(garments - (garments @ [0.299, 0.587, 0.114])[:, None])
+    assert 0.04 < gap.mean() < 0.1 and (gap.max(1) > 0.05).mean() > 0.7
     # Same identity and pose, two renderings: figure pixels differ from a grey conversion.
     light = np.float32([1.0, 1.0, 1.0])
     vis = synthetic._render(people[0], np.random.default_rng(5), (128, 64), light, False)
