@@ -1,11 +1,10 @@
-"""The CPU demo learns (slow: the full ``python train.py experiment=synthetic``, ~4 min on 2 cores)."""
+"""The CPU demo learns: the full `python train.py experiment=synthetic` (slow, ~4 min, 2 cores)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-
 from conftest import run_entry
 
 

@@ -9,9 +9,10 @@ them: each identity is a person-like figure whose identity lives in geometry and
 stripe count, bag and its side, trousers/shorts/striped legs), shared by both renderings.
 Visible images use identity-specific, moderately saturated clothing hues (whose luminance
 follows the infrared material, so the modalities can be tied together quickly) under a fixed
-per-camera tint/gain and per-image illumination jitter. Infrared images are single-intensity (stored as RGB, R=G=B):
-each part's intensity is its "material" (skin warm, hair and bags cool, clothing a per-identity
-value), not the grey of the visible colours, blurred like a thermal sensor. Per image: random
+per-camera tint/gain and per-image illumination jitter. Infrared images are single-intensity
+(stored as RGB, R=G=B): each part's intensity is its "material" (skin warm, hair and bags cool,
+clothing a per-identity value), not the grey of the visible colours, blurred like a thermal
+sensor. Per image: random
 translation, scale, leg stance, background clutter and noise.
 
 All randomness comes from ``numpy.random.default_rng(seed)``: same arguments, identical files.
