@@ -12,8 +12,7 @@ follows the infrared material, so the modalities can be tied together quickly) u
 per-camera tint/gain and per-image illumination jitter. Infrared images are single-intensity
 (stored as RGB, R=G=B): each part's intensity is its "material" (skin warm, hair and bags cool,
 clothing a per-identity value), not the grey of the visible colours, blurred like a thermal
-sensor. Per image: random
-translation, scale, leg stance, background clutter and noise.
+sensor. Per image: random translation, scale, leg stance, background clutter and noise.
 
 All randomness comes from ``numpy.random.default_rng(seed)``: same arguments, identical files.
 Defaults: about 1,300 SYSU or 480 RegDB images in a few seconds. The marker file
