@@ -125,3 +125,33 @@ def test_regdb_layout_both_directions(tmp_path, data_dir):
     assert metrics["direction"] == "visible2thermal" and metrics["trials"][0]["trial"] == 2
     directions = {r["direction"] for r in metrics["results"]}
     assert directions == {"visible2thermal", "thermal2visible"}
+
+
+def test_unseen_sysu_tree_from_outside(tmp_path, repo):
+    """The documented keys, run from another folder, on a SYSU-layout tree tskd did not make."""
+    from tskd.data import synthetic
+
+    root = synthetic.make_sysu(tmp_path / "SYSU", seed=11, num_train=10, num_val=2, num_test=6,
+                               images_per_cam=2)
+    (root / synthetic.MARKER).unlink()  # an ordinary dataset folder now, not "ours"
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = {"TSKD_LOG_DIR": str(outside / "logs")}  # CI points it elsewhere; say where
+    keys = [f"dataset.root={root}", "model.backbone=resnet18", "dataset.img_h=128",
+            "dataset.img_w=64"]
+    run_entry(str(repo / "train.py"), ["dataset=sysu", *keys, "model.pretrained=false",
+                                       "trainer=cpu", "trainer.max_epochs=1",
+                                       "trainer.limit_train_batches=2", "data.num_workers=0",
+                                       "trainer.enable_progress_bar=false"], cwd=outside, env=env)
+    (run,) = (outside / "logs" / "train" / "runs").iterdir()
+    trained = json.loads((run / "metrics.json").read_text())
+    _check_schema(trained, "sysu", 10)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    proc = run_entry(str(repo / "eval.py"), ["dataset=sysu", *keys, f"ckpt={ckpt}",
+                                             "data.num_workers=0"], cwd=outside, env=env)
+    (ev,) = (outside / "logs" / "eval" / "runs").iterdir()
+    evaluated = json.loads((ev / "metrics.json").read_text())
+    assert evaluated["mean"] == trained["mean"]  # same model, same protocol: same numbers
+    assert "all" in proc.stdout
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [f"cam{c}" for c in range(1, 7)] + ["exp", "tskd_cache"])  # only the cache was added
