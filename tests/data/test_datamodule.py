@@ -89,3 +89,25 @@ def test_test_loader_pads_evenly_under_ddp(sysu_root):
         sizes.append(len(rows))
         seen += rows
     assert sizes[0] == sizes[1] and set(seen) == needed
+
+
+@pytest.mark.parametrize("pad,img_w,warns", [(10, 144, False), (2, 32, False), (10, 32, True),
+                                             (10, 64, True), (6, 64, False)])
+def test_pad_too_large_for_the_image_warns_when_training(sysu_root, caplog, pad, img_w, warns):
+    caplog.set_level("WARNING", logger="tskd.data.datamodule")
+    dm = ReIDDataModule(name="sysu", root=sysu_root, img_h=2 * img_w, img_w=img_w, pad=pad,
+                        num_workers=0)
+    dm.setup()
+    dm.test_dataloader()
+    assert not [r for r in caplog.records if "data.pad" in r.getMessage()]  # testing: no pad
+    dm.train_dataloader()
+    messages = [r.getMessage() for r in caplog.records if "data.pad" in r.getMessage()]
+    assert bool(messages) == warns
+    if warns:  # names the value, the width and the proportional fix (10 px per 144 px)
+        assert f"data.pad={pad} is" in messages[0] and f"{img_w} px" in messages[0]
+        assert f"data.pad={round(10 * img_w / 144)}." in messages[0]
+
+
+def test_negative_pad_is_refused(tmp_path):
+    with pytest.raises(DatasetError, match=r"data.pad=-1: .* >= 0"):
+        ReIDDataModule(name="sysu", root=tmp_path, img_h=64, img_w=32, pad=-1)
