@@ -52,17 +52,18 @@ def default_cache_dir(root: str | Path) -> Path:
 
 # The paper pads 10 px at 144 px width (7%); the demo measured rank-1 27% with pad 2 vs 13% with
 # pad 10 at 32 px (31%). Warn well above the paper's proportion, where crops start to cut people.
+PAPER_PAD, PAPER_WIDTH = 10, 144
 PAD_WARN_FRACTION = 0.1
 
 
 def _warn_large_pad(pad: int, img_w: int) -> None:
     """Training only (evaluation never pads): a warning with the proportional value."""
     if pad > PAD_WARN_FRACTION * img_w:
-        suggested = round(10 * img_w / 144)
         log.warning(
-            "data.pad=%d is %.0f%% of the %d px image width; the paper's 10 px is 7%% of 144 px, "
+            "data.pad=%d is %.0f%% of the %d px image width; the paper's %d px is %.0f%% of %d px, "
             "and larger shifts crop the person out of small images. For this size the same "
-            "proportion is data.pad=%d.", pad, 100 * pad / img_w, img_w, suggested,
+            "proportion is data.pad=%d.", pad, 100 * pad / img_w, img_w, PAPER_PAD,
+            100 * PAPER_PAD / PAPER_WIDTH, PAPER_WIDTH, round(PAPER_PAD * img_w / PAPER_WIDTH),
         )
 
 
@@ -126,9 +127,6 @@ class ReIDDataModule(pl.LightningDataModule):
         self.synthetic = dict(synthetic) if synthetic else None
         self.num_ids, self.num_pos = int(num_ids), int(num_pos)
         self.num_workers, self.test_batch_size, self.seed = num_workers, test_batch_size, seed
-        if pad < 0:
-            raise DatasetError(f"data.pad={pad}: the crop padding must be >= 0 pixels (paper: 10)")
-        self.pad = int(pad)
         self.transform = TrainTransform(
             self.size[0], self.size[1], pad=pad, erasing_p=erasing_p, gray_p=gray_p,
             channel_exchange=channel_exchange,
@@ -255,7 +253,7 @@ class ReIDDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------------- loaders
     def train_dataloader(self) -> DataLoader:
-        _warn_large_pad(self.pad, self.size[1])
+        _warn_large_pad(self.transform.pad, self.size[1])
         rank, world = self._rank_world()
         sampler = CrossModalityIdentitySampler(
             self.visible_labels, self.infrared_labels, num_ids=self.num_ids,

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tskd.errors import DatasetError
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 # The erasing fill of the reference pipeline: CIFAR channel means written into the *normalised*
@@ -158,7 +160,9 @@ class TrainTransform:
     def __init__(self, height: int, width: int, pad: int = 10, erasing_p: float = 0.5,
                  gray_p: float = 0.5, erasing: bool = True, channel_exchange: bool = True,
                  adaptive_gray: bool = True) -> None:
-        self.height, self.width, self.pad = height, width, pad
+        if pad < 0:
+            raise DatasetError(f"data.pad={pad}: the crop padding must be >= 0 pixels (paper: 10)")
+        self.height, self.width, self.pad = height, width, int(pad)
         self.erasing_p, self.gray_p = erasing_p, gray_p
         # Stored under use_* names: the bare names are the module's transform functions.
         self.use_erasing = erasing
