@@ -197,11 +197,14 @@ def test_missing_root_and_folders(tmp_path, root):
     [
         (None, "val_id.txt is missing"),
         ("", "val_id.txt is empty"),
-        ("\n1,2\n", "val_id.txt is empty"),
+        ("\n  \n\n", "val_id.txt is empty"),
+        (",\n", "val_id.txt is empty"),
         ("20,x25\n", "token 'x25' is not a non-negative integer"),
         ("20,,25\n", "token '' is not"),
         ("20,-25\n", "token '-25'"),
-        ("20,25,20\n", r"repeats id\(s\) \[20\]"),
+        ("20,25,20\n", r"repeats id\(s\) \[20\] \(20 on lines 1, 1\)"),
+        ("20\n25,x\n", "line 2: token 'x' is not"),
+        ("20,\n25\n\n20\n", r"repeats id\(s\) \[20\] \(20 on lines 1, 4\); list each id once"),
     ],
 )
 def test_bad_split_file(root, content, pattern):
@@ -218,12 +221,74 @@ def test_bad_split_file(root, content, pattern):
         assert "line 1" in str(err.value) and "'20,x25'" in str(err.value)
 
 
-def test_read_ids_tolerates_spaces_and_trailing_comma(root):
-    with open(os.path.join(root, "exp", "val_id.txt"), "w") as fh:
-        fh.write(" 25, 20,\nignored second line\n")
-    assert sysu.read_ids(root, "val") == [25, 20]
+def _write_ids(root, split, text, encoding="utf-8"):
+    with open(os.path.join(root, "exp", f"{split}_id.txt"), "w", encoding=encoding) as fh:
+        fh.write(text)
+
+
+def test_read_ids_reads_every_line_with_any_separator(root):
+    _write_ids(root, "val", " 25, 20,\n\n 41 42\t43\n,44,\n45")
+    assert sysu.read_ids(root, "val") == [25, 20, 41, 42, 43, 44, 45]
+    # A second line that is not ids is an error now, not silently skipped.
+    _write_ids(root, "val", "25,20\nignored second line\n")
+    with pytest.raises(DatasetError, match="line 2: token 'ignored' is not") as err:
+        sysu.read_ids(root, "val")
+    assert "separated by commas, spaces or line breaks" in str(err.value)
     with pytest.raises(DatasetError, match="valid splits: train, val, test"):
         sysu.read_ids(root, "query")
+
+
+def test_wrapped_id_lists_train_on_every_id(tmp_path, root):
+    """The bug: a list wrapped over lines used to train on its first line only."""
+    wrapped = make_tree(tmp_path / "wrapped")
+    _write_ids(wrapped, "train", "3,\n12\n\n7\n")
+    _write_ids(wrapped, "test", "31 2\n40\n9, 15\n")
+    assert sysu.train_pids(wrapped) == [3, 7, 12, 20, 25]
+    visible, infrared = sysu.train_set(wrapped)
+    ref_visible, ref_infrared = sysu.train_set(root)
+    strip = len(root)
+    assert [(p[len(wrapped):], lab, c) for p, lab, c in visible] == [
+        (p[strip:], lab, c) for p, lab, c in ref_visible]
+    assert len(infrared) == len(ref_infrared) == 11
+    assert {pid for _, pid, _ in sysu.query_set(wrapped)} == set(TEST)
+    assert len(sysu.gallery_set(wrapped, "all", 0)) == 14
+
+
+def test_byte_order_mark_is_accepted(root):
+    _write_ids(root, "train", "3,12,7\n", encoding="utf-8-sig")
+    _write_ids(root, "test", "\ufeff31,2,40,9,15")
+    with open(os.path.join(root, "exp", "train_id.txt"), "rb") as fh:
+        assert fh.read(3) == b"\xef\xbb\xbf"  # the file really starts with a BOM
+    assert sysu.read_ids(root, "train") == [3, 12, 7]
+    assert sysu.read_ids(root, "test") == [31, 2, 40, 9, 15]
+    assert sysu.train_pids(root) == [3, 7, 12, 20, 25]
+
+
+@pytest.mark.parametrize("split, ids, number", [
+    ("train", "3,12\n7,40\n", 2),  # 40 is a test id
+    ("val", "25,\n20\n40\n", 3),
+])
+def test_training_and_test_ids_must_be_disjoint(root, split, ids, number):
+    _write_ids(root, split, ids)
+    file = os.path.join(root, "exp", f"{split}_id.txt")
+    test_file = os.path.join(root, "exp", "test_id.txt")
+    for call in (sysu.train_pids, sysu.train_set, sysu.query_set, sysu.gallery_set,
+                 sysu.gallery_candidates, sysu.split_ids):
+        with pytest.raises(DatasetError, match="1 id\\(s\\) listed both for training and for "
+                           "testing") as err:
+            call(root)
+        message = str(err.value)
+        assert f"id 40: {file} line {number} and {test_file} line 1" in message
+        assert "must be disjoint" in message and "remove each id" in message
+
+
+def test_split_ids_reports_every_clash(root):
+    _write_ids(root, "val", "31,2,40,9,15,25,20")  # the whole test list again
+    with pytest.raises(DatasetError, match="5 id\\(s\\) listed both") as err:
+        sysu.split_ids(root)
+    assert "id 31: " in str(err.value) and "id 15: " in str(err.value)
+    _write_ids(root, "val", "25,20")
+    assert sysu.split_ids(root) == ([3, 7, 12, 20, 25], [2, 9, 15, 31, 40])
 
 
 def test_empty_id_folder(root):

@@ -11,7 +11,11 @@ single-shot all-search gallery holds 301 images per trial.
 Layout::
 
     ROOT/cam1 ... cam6/<pid as %04d>/<nnnn>.jpg
-    ROOT/exp/train_id.txt  val_id.txt  test_id.txt   (first line: comma-separated integer ids)
+    ROOT/exp/train_id.txt  val_id.txt  test_id.txt   (comma-separated integer ids)
+
+The official id files hold one line; every line is read (commas and/or whitespace separate ids)
+so a list wrapped by an editor is not silently cut. The training (train ∪ val) and test ids must
+be disjoint.
 
 Not every identity appears in every camera (validation ids have no cam1/cam2 folders).
 
@@ -84,8 +88,75 @@ def check_root(root: str | os.PathLike) -> Path:
     return path
 
 
+def _id_file(root: str | os.PathLike, split: str) -> str:
+    if split not in SPLITS:
+        raise DatasetError(f"Unknown SYSU-MM01 split {split!r}; valid splits: {', '.join(SPLITS)}")
+    return os.path.join(root, "exp", f"{split}_id.txt")
+
+
+def _read_id_lines(root: str | os.PathLike, split: str) -> list[tuple[int, int]]:
+    """``(id, line number)`` for every id of ``ROOT/exp/{split}_id.txt``, in file order.
+
+    The official files hold one comma-separated line, but copies re-saved by editors or scripts
+    wrap the list over several lines or use spaces; reading only the first line would silently
+    drop ids, so every line is read.
+    """
+    file = _id_file(root, split)
+    if not os.path.isfile(file):
+        raise DatasetError(
+            f"SYSU-MM01 split file {file} is missing. Restore it from the dataset archive.\n"
+            f"{_LAYOUT}"
+        )
+    # utf-8-sig drops a byte-order mark (Windows editors add one), which would otherwise be glued
+    # to the first id and make it "not an integer".
+    with open(file, encoding="utf-8-sig") as fh:
+        lines = fh.read().splitlines()
+    found: list[tuple[int, int]] = []
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        # A list wrapped over lines may end a line with the separator or start the next with it;
+        # an empty field *between* two commas is still refused (an id may have been lost there).
+        if fields[-1] == "":
+            fields.pop()
+        if fields and fields[0] == "":
+            fields.pop(0)
+        for field in fields:
+            for token in field.split() or [field]:
+                if not (token.isascii() and token.isdigit()):
+                    raise DatasetError(
+                        f"SYSU-MM01 split file {file}, line {number}: token {token!r} is not a "
+                        f"non-negative integer (line: {line[:120]!r}). The file must list integer "
+                        "ids separated by commas, spaces or line breaks; fix or restore it."
+                    )
+                found.append((int(token), number))
+    if not found:
+        raise DatasetError(
+            f"SYSU-MM01 split file {file} is empty: it must list the ids, comma-separated "
+            "(e.g. '1,2,4'). Restore it from the dataset archive."
+        )
+    lines_of: dict[int, list[int]] = {}
+    for pid, number in found:
+        lines_of.setdefault(pid, []).append(number)
+    dup = {pid: numbers for pid, numbers in lines_of.items() if len(numbers) > 1}
+    if dup:
+        where = "; ".join(
+            f"{pid} on lines {', '.join(map(str, numbers))}" for pid, numbers in sorted(dup.items())
+        )
+        raise DatasetError(
+            f"SYSU-MM01 split file {file} repeats id(s) {sorted(dup)} ({where}); list each id "
+            "once: delete the repeats or restore the file from the dataset archive."
+        )
+    return found
+
+
 def read_ids(root: str | os.PathLike, split: str) -> list[int]:
-    """Read the identity list ``ROOT/exp/{split}_id.txt`` (first line, comma-separated ints).
+    """Read the identity list ``ROOT/exp/{split}_id.txt``.
+
+    Every line is read; ids are separated by commas and/or whitespace, blank lines are skipped
+    and a leading UTF-8 byte-order mark is ignored.
 
     Args:
         root: Dataset root.
@@ -96,39 +167,47 @@ def read_ids(root: str | os.PathLike, split: str) -> list[int]:
 
     Raises:
         DatasetError: Unknown split, missing/empty file, a token that is not a non-negative
-            integer, or a repeated id.
+            integer, or a repeated id (the message names the file and line).
     """
-    if split not in SPLITS:
-        raise DatasetError(f"Unknown SYSU-MM01 split {split!r}; valid splits: {', '.join(SPLITS)}")
-    file = os.path.join(root, "exp", f"{split}_id.txt")
-    if not os.path.isfile(file):
-        raise DatasetError(
-            f"SYSU-MM01 split file {file} is missing. Restore it from the dataset archive.\n"
-            f"{_LAYOUT}"
+    return [pid for pid, _ in _read_id_lines(root, split)]
+
+
+def split_ids(root: str | os.PathLike) -> tuple[list[int], list[int]]:
+    """Training ids (train ∪ val) and test ids, both ascending, checked to be disjoint.
+
+    Args:
+        root: Dataset root.
+
+    Returns:
+        ``(training ids, test ids)``; the position of an id in the first list is its label.
+
+    Raises:
+        DatasetError: Any id file is bad (see :func:`read_ids`), or an id is listed both for
+            training (train or val) and for testing: a model evaluated on identities it was
+            trained on reports inflated scores, so this is never accepted.
+    """
+    listed = {split: _read_id_lines(root, split) for split in SPLITS}
+    test_line = dict(listed["test"])
+    clashes = [
+        (pid, split, number)
+        for split in ("train", "val")
+        for pid, number in listed[split]
+        if pid in test_line
+    ]
+    if clashes:
+        shown = "; ".join(
+            f"id {pid}: {_id_file(root, split)} line {number} and "
+            f"{_id_file(root, 'test')} line {test_line[pid]}"
+            for pid, split, number in clashes[:5]
         )
-    with open(file, encoding="utf-8") as fh:
-        line = fh.readline().strip()
-    if not line:
+        more = f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""
         raise DatasetError(
-            f"SYSU-MM01 split file {file} is empty: its first line must list the ids, "
-            "comma-separated (e.g. '1,2,4'). Restore it from the dataset archive."
+            f"SYSU-MM01 under {str(root)!r}: {len(clashes)} id(s) listed both for training and "
+            f"for testing: {shown}{more}. Training (train ∪ val) and test ids must be disjoint; "
+            "remove each id from one of the lists or restore exp/ from the dataset archive."
         )
-    tokens = [t.strip() for t in line.split(",")]
-    if tokens[-1] == "":  # tolerate one trailing comma
-        tokens.pop()
-    ids: list[int] = []
-    for token in tokens:
-        if not (token.isascii() and token.isdigit()):
-            raise DatasetError(
-                f"SYSU-MM01 split file {file}, line 1: token {token!r} is not a non-negative "
-                f"integer (line: {line[:120]!r}). The first line must be comma-separated ids; "
-                "fix or restore the file."
-            )
-        ids.append(int(token))
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise DatasetError(f"SYSU-MM01 split file {file} repeats id(s) {dup}; list each id once.")
-    return ids
+    train = sorted({pid for split in ("train", "val") for pid, _ in listed[split]})
+    return train, sorted(test_line)
 
 
 def parse_path(path: str | os.PathLike) -> tuple[int, int]:
@@ -174,9 +253,13 @@ def list_id_images(root: str | os.PathLike, cam: int, pid: int) -> list[str]:
 
 
 def train_pids(root: str | os.PathLike) -> list[int]:
-    """Raw training ids (train ∪ val) ascending; position = training label."""
+    """Raw training ids (train ∪ val) ascending; position = training label.
+
+    Raises:
+        DatasetError: A bad id file, or an id shared with the test list (see :func:`split_ids`).
+    """
     check_root(root)
-    return sorted(set(read_ids(root, "train")) | set(read_ids(root, "val")))
+    return split_ids(root)[0]
 
 
 def train_set(root: str | os.PathLike) -> tuple[list[Record], list[Record]]:
@@ -208,11 +291,12 @@ def query_set(root: str | os.PathLike) -> list[Record]:
     """Query images ``(path, pid, cam)``: all cam3 then cam6 images of each test id ascending.
 
     Raises:
-        DatasetError: No test id has any infrared image.
+        DatasetError: No test id has any infrared image, a bad id file, or an id shared by the
+            training and test lists.
     """
     check_root(root)
     query: list[Record] = []
-    for pid in sorted(read_ids(root, "test")):
+    for pid in split_ids(root)[1]:
         found = [(p, pid, c) for c in INFRARED_CAMS for p in list_id_images(root, c, pid)]
         if not found:
             log.warning("SYSU-MM01 test id %d has no infrared (query) image", pid)
@@ -263,7 +347,7 @@ def gallery_set(
     # galleries depend on this exact call order.
     rng = random.Random(trial)
     gallery: list[Record] = []
-    for pid in sorted(read_ids(root, "test")):
+    for pid in split_ids(root)[1]:
         for cam in cams:
             files = list_id_images(root, cam, pid)
             if not files:
@@ -286,7 +370,7 @@ def gallery_candidates(root: str | os.PathLike, mode: str = "all") -> list[Recor
     check_root(root)
     found = [
         (p, pid, cam)
-        for pid in sorted(read_ids(root, "test"))
+        for pid in split_ids(root)[1]
         for cam in cams
         for p in list_id_images(root, cam, pid)
     ]
