@@ -171,3 +171,85 @@ def test_modalities_must_share_identities(root):
                                          for i, p in enumerate(SPLITS[1][:3])])
     with pytest.raises(DatasetError, match=r"train_visible_1.txt and .*only visible: \[3\]"):
         regdb.train_set(root, 1)
+
+
+def _train_lines(folder, trial=1):
+    return [f"{_rel(folder, p, k)} {lab}" for lab, p in enumerate(SPLITS[trial]) for k in range(3)]
+
+
+def test_byte_order_mark_is_accepted(root):
+    lines = _train_lines("Visible")
+    with open(os.path.join(root, "idx", "train_visible_1.txt"), "w", encoding="utf-8-sig") as fh:
+        fh.write("\n".join(lines) + "\n")
+    with open(os.path.join(root, "idx", "train_visible_1.txt"), "rb") as fh:
+        assert fh.read(3) == b"\xef\xbb\xbf"  # the file really starts with a BOM
+    visible, _ = regdb.train_set(root, 1)
+    assert visible[0] == (os.path.join(root, _rel("Visible", 2, 0)), 0, regdb.VISIBLE_CAM)
+    assert len(visible) == 12
+
+
+@pytest.mark.parametrize("repeat", [
+    "Visible/5/v_00005_1.bmp 1",  # the same line again
+    "Visible/5/v_00005_1.bmp 3",  # the same image under another label
+    "./Visible//5/v_00005_1.bmp 1",  # the same image spelled differently
+])
+def test_repeated_image_is_refused(root, repeat):
+    lines = _train_lines("Visible")
+    _write(root, "train_visible_1.txt", lines[:6] + [repeat] + lines[6:])
+    with pytest.raises(DatasetError, match=r"line 7: .* repeats line 5; every image is listed "
+                       "once") as err:
+        regdb.train_set(root, 1)
+    message = str(err.value)
+    assert os.path.join(root, "idx", "train_visible_1.txt") in message
+    assert repr(repeat.rsplit(maxsplit=1)[0]) in message and "Delete the repeated line" in message
+    with pytest.raises(DatasetError, match="repeats line 5"):
+        regdb.listed_paths(root)
+
+
+def test_absolute_path_is_refused(root):
+    # The absolute path names a real image: it used to be accepted.
+    lines = _train_lines("Thermal")
+    absolute = os.path.join(root, _rel("Thermal", 7, 0))
+    lines[6] = f"{absolute} 2"
+    _write(root, "train_thermal_1.txt", lines)
+    with pytest.raises(DatasetError, match="line 7: path .* is absolute") as err:
+        regdb.train_set(root, 1)
+    assert repr(absolute) in str(err.value) and "relative to dataset.root" in str(err.value)
+    assert os.path.join(root, "idx", "train_thermal_1.txt") in str(err.value)
+    _write(root, "test_thermal_1.txt", ["C:\\RegDB\\Thermal\\1\\t_00001_0.bmp 1"])
+    with pytest.raises(DatasetError, match="test_thermal_1.txt, line 1: path .* is absolute"):
+        regdb.test_set(root, 1)
+
+
+@pytest.mark.parametrize("path", [
+    "../RegDB/Visible/2/v_00002_0.bmp",  # leaves the root (and comes back)
+    "Visible/2/../../Visible/2/v_00002_0.bmp",  # stays inside, but '..' is never needed
+])
+def test_dotdot_path_is_refused(root, path):
+    assert os.path.isfile(os.path.join(root, path))  # it names a real image
+    lines = _train_lines("Visible")
+    lines[0] = f"{path} 0"
+    _write(root, "train_visible_1.txt", lines)
+    with pytest.raises(DatasetError, match="line 1: path .* contains '..'") as err:
+        regdb.train_set(root, 1)
+    assert "relative to dataset.root" in str(err.value)
+
+
+@pytest.mark.parametrize("modality, folder, wrong, message", [
+    ("visible", "Visible", "Thermal/2/t_00002_1.bmp", "names a Thermal/ image, but"),
+    ("thermal", "Thermal", "Visible/2/v_00002_1.bmp", "names a Visible/ image, but"),
+    ("visible", "Visible", "Extra/2/v_00002_1.bmp", "is not under Visible/, but"),
+])
+def test_image_of_the_wrong_modality_is_refused(root, modality, folder, wrong, message):
+    os.makedirs(os.path.join(root, "Extra", "2"))
+    open(os.path.join(root, "Extra/2/v_00002_1.bmp"), "wb").close()
+    assert os.path.isfile(os.path.join(root, wrong))  # the image exists: only its folder is wrong
+    lines = _train_lines(folder)
+    lines[1] = f"{wrong} 0"
+    _write(root, f"train_{modality}_1.txt", lines)
+    file = os.path.join(root, "idx", f"train_{modality}_1.txt")
+    for call in (lambda: regdb.train_set(root, 1), lambda: regdb.listed_paths(root)):
+        with pytest.raises(DatasetError, match=f"line 2: path '{wrong}' {message}") as err:
+            call()
+        assert file in str(err.value) and f"this is the {modality} list" in str(err.value)
+        assert f"Point it at the {folder}/ image" in str(err.value)

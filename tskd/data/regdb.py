@@ -12,6 +12,10 @@ Layout::
     ROOT/Visible/<id>/*.bmp   ROOT/Thermal/<id>/*.bmp
     ROOT/idx/{train,test}_{visible,thermal}_{t}.txt     t = 1..10, lines "relative/path label"
 
+Each idx path must be relative, free of ``..``, under its modality's folder (``Visible/`` for the
+visible lists, ``Thermal/`` for the thermal ones) and listed once per file; a UTF-8 byte-order
+mark at the start of a file is ignored.
+
 Directions: visible2thermal = visible query, thermal gallery; thermal2visible = the reverse.
 The metric removes nothing and uses image-level CMC (see ``tskd.metrics``). Every list is taken
 from the idx files as they are; test identities are the files' labels.
@@ -21,7 +25,8 @@ from __future__ import annotations
 
 import operator
 import os
-from pathlib import Path
+import re
+from pathlib import Path, PureWindowsPath
 
 from tskd.errors import DatasetError
 
@@ -31,6 +36,7 @@ VISIBLE_CAM = 1
 THERMAL_CAM = 2
 SPLITS = ("train", "test")
 MODALITIES = ("visible", "thermal")
+MODALITY_FOLDERS = {"visible": "Visible", "thermal": "Thermal"}
 
 _LAYOUT = (
     "Expected layout:\n"
@@ -76,6 +82,42 @@ def _check_trial(trial: int) -> int:
     return value
 
 
+def _relative_key(file: str, number: int, rel: str, modality: str, folder: str) -> str:
+    """The path of one idx line normalised to ``Folder/.../name``, after checking it.
+
+    The path must be relative, stay inside the root and lie under the folder of the file's
+    modality: a thermal image in a visible list would silently train the visible branch on
+    thermal data, and an absolute path would make the list depend on one machine.
+
+    Raises:
+        DatasetError: The path breaks one of these rules (naming the file, line and fix).
+    """
+    where = f"RegDB split file {file}, line {number}: path {rel!r}"
+    if os.path.isabs(rel) or PureWindowsPath(rel).drive:
+        raise DatasetError(
+            f"{where} is absolute; idx paths are relative to the dataset root (e.g. "
+            f"'{folder}/12/img.bmp'). Make it relative to dataset.root or restore the file."
+        )
+    # Split on both separators so '..' or a wrong folder is caught however the path is spelled.
+    parts = [p for p in re.split(r"[\\/]", rel) if p not in ("", ".")]
+    if ".." in parts:
+        raise DatasetError(
+            f"{where} contains '..' and may point outside the dataset root; list the image as "
+            f"'{folder}/<id>/<file>' relative to dataset.root, or restore the file."
+        )
+    if not parts or parts[0].casefold() != folder.casefold():
+        other = [f for f in MODALITY_FOLDERS.values() if f != folder][0]
+        if parts and parts[0] == other:
+            what = f"names a {other}/ image"
+        else:
+            what = f"is not under {folder}/"
+        raise DatasetError(
+            f"{where} {what}, but this is the {modality} list (its images go through the "
+            f"{modality} branch). Point it at the {folder}/ image or restore the idx file."
+        )
+    return "/".join(parts)
+
+
 def read_idx(
     root: str | os.PathLike, split: str, modality: str, trial: int
 ) -> list[tuple[str, int]]:
@@ -91,8 +133,9 @@ def read_idx(
         ``(path, label)`` per non-blank line, in file order; ``path`` joined onto ``root``.
 
     Raises:
-        DatasetError: Bad split/modality/trial, missing file, malformed line, or a listed image
-            that does not exist.
+        DatasetError: Bad split/modality/trial, missing file, malformed line, a path that is
+            absolute, contains ``..``, lies outside the modality's folder or is listed twice,
+            or a listed image that does not exist.
     """
     trial = _check_trial(trial)
     if split not in SPLITS or modality not in MODALITIES:
@@ -106,8 +149,12 @@ def read_idx(
             f"RegDB split file {file} is missing. Restore the idx/ folder of the dataset.\n"
             f"{_LAYOUT}"
         )
+    folder = MODALITY_FOLDERS[modality]
     records: list[tuple[str, int]] = []
-    with open(file, encoding="utf-8") as fh:
+    first_line: dict[str, int] = {}  # normalised relative path -> line that listed it
+    # utf-8-sig drops a byte-order mark (Windows editors add one), which would otherwise be glued
+    # to the first path and make it "not exist" with an invisible character.
+    with open(file, encoding="utf-8-sig") as fh:
         for number, raw in enumerate(fh, start=1):
             line = raw.strip()
             if not line:
@@ -120,6 +167,14 @@ def read_idx(
                     "expected 'relative/path label' (e.g. 'Visible/12/img.bmp 3'). Fix or "
                     "restore the file."
                 )
+            key = _relative_key(file, number, fields[0], modality, folder)
+            if key in first_line:
+                raise DatasetError(
+                    f"RegDB split file {file}, line {number}: {fields[0]!r} repeats line "
+                    f"{first_line[key]}; every image is listed once (a repeat counts it twice in "
+                    "training or in the gallery). Delete the repeated line or restore the file."
+                )
+            first_line[key] = number
             path = os.path.join(root, fields[0])
             if not os.path.isfile(path):
                 raise DatasetError(
