@@ -4,21 +4,26 @@ Definitions (PROTOCOL.md), for each query:
 
 - the gallery is ranked by ascending distance with a **stable** sort: tied distances keep
   gallery (column) order, so the ranking, and every number, is a pure function of the input;
-- SYSU-MM01 only: a query from camera 3 ignores every gallery item from camera 2 (same room);
-  the remaining items form the *kept* list, and positions below are 1-based positions in it;
-- CMC: SYSU is identity-level (walk the kept list keeping the first item of each identity;
-  rank-k hit when the query id is among the first k distinct ids), RegDB is image-level
-  (rank-k hit when a correct image is among the first k kept items);
+- camera rules: on SYSU-MM01 a query from camera 3 ignores every gallery item from camera 2
+  (same room); on LLCM a query ignores the gallery items of its own identity from its own
+  camera number; the remaining items form the *kept* list, and positions below are 1-based
+  positions in it (RegDB removes nothing);
+- CMC: SYSU and LLCM are identity-level (walk the kept list keeping the first item of each
+  identity; rank-k hit when the query id is among the first k distinct ids), RegDB is
+  image-level (rank-k hit when a correct image is among the first k kept items);
 - AP = mean over the correct items of (#correct up to it) / (its position);
 - INP = (#correct) / (position of the last correct item);
 - a query with no correct item in its kept list is left out of every average, CMC included.
 
-How: no row is sorted, and the camera rule is a second gallery (the columns without camera 2)
-searched by the camera-3 queries. Every number above depends only on the positions of the
-query's few correct items, and the position of correct item ``c`` is the number of kept items
-ranked up to it, ``#{i: (d_i, i) <= (d_c, c)}``: one comparison pass over the row per correct
-item (a cheap equality count flags the rare rows with exact ties, which are redone with the
-column tie-break). Rows are grouped by their number of correct items, so the passes touch
+How: no row is sorted. The camera rule is a removal mask per chunk of queries (SYSU: cam3 rows x
+cam2 columns; LLCM: same identity and camera), and removed items get distance +inf in the query's
+row copy: no finite threshold counts them and they stop being correct items, so every protocol
+shares one ranking core (SYSU's numbers are those of the former two-gallery search, bit for
+bit). Every number above depends only on the positions of the query's few correct items, and
+the position of correct item ``c`` is the number of kept items ranked up to it,
+``#{i: (d_i, i) <= (d_c, c)}``: one comparison pass over the row per correct item (a cheap
+equality count flags the rare rows with exact ties, which are redone with the column
+tie-break). Rows are grouped by their number of correct items, so the passes touch
 ``sum_q m_q * G`` elements, and queries are processed in chunks that bound the working memory
 (a 20k x 20k distance matrix is read a slice at a time, never copied whole). The arithmetic
 runs in numpy on the CPU, single-threaded and fast for these passes; torch tensors (CPU or GPU)
@@ -28,6 +33,7 @@ change any result.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,21 +71,19 @@ def _block(dist, start: int, stop: int) -> np.ndarray:
 
 @dataclass
 class _Gallery:
-    """Gallery columns grouped by identity, so each query's correct items are one slice."""
+    """Gallery columns grouped by identity, so each query's same-identity items are one slice."""
 
-    columns: np.ndarray | None  # (G',) columns of dist that form this gallery; None = all
     ids: np.ndarray  # (U,) sorted distinct identities
-    labels: np.ndarray  # (G',) index into ids of every gallery item
-    perm: np.ndarray  # (G',) items grouped by identity, ascending within a group
+    labels: np.ndarray  # (G,) index into ids of every gallery item
+    perm: np.ndarray  # (G,) items grouped by identity, ascending within a group
     starts: np.ndarray  # (U,) first position of each identity in perm
     counts: np.ndarray  # (U,) items per identity
 
     @classmethod
-    def build(cls, g_pids: np.ndarray, columns: np.ndarray | None = None) -> _Gallery:
-        pids = g_pids if columns is None else g_pids[columns]
-        ids, labels, counts = np.unique(pids, return_inverse=True, return_counts=True)
-        return cls(columns, ids, labels, np.argsort(labels, kind="stable"),
-                   np.cumsum(counts) - counts, counts)
+    def build(cls, g_pids: np.ndarray) -> _Gallery:
+        ids, labels, counts = np.unique(g_pids, return_inverse=True, return_counts=True)
+        return cls(ids, labels, np.argsort(labels, kind="stable"), np.cumsum(counts) - counts,
+                   counts)
 
 
 def _up_to(d: np.ndarray, thr: np.ndarray, col: np.ndarray | None) -> np.ndarray:
@@ -125,19 +129,29 @@ def _positions(d: np.ndarray, dc: np.ndarray, cols: np.ndarray, m: np.ndarray,
 
 
 def _search(block: np.ndarray, rows: np.ndarray, q_pids: np.ndarray, gal: _Gallery,
-            identity_level: bool) -> tuple[np.ndarray, ...]:
-    """Per-query (#correct, CMC rank, AP, INP) of ``block[rows]`` against one gallery."""
+            removed: np.ndarray | None, identity_level: bool) -> tuple[np.ndarray, ...]:
+    """Per-query (#correct, CMC rank, AP, INP) of ``block[rows]`` against the gallery.
+
+    ``removed`` (len(rows), G) marks the gallery items each query ignores (None: none). They are
+    set to +inf in the query's row copy, so no finite threshold ever counts them, and a removed
+    item of the query's own identity is no longer a correct item.
+    """
     seg = np.minimum(np.searchsorted(gal.ids, q_pids), len(gal.ids) - 1)  # (B,)
-    m = np.where(gal.ids[seg] == q_pids, gal.counts[seg], 0)  # correct items per query
-    by_m = np.argsort(-m, kind="stable")  # more correct items first: slot t uses a prefix
-    rows, seg, m = rows[by_m], seg[by_m], m[by_m]
-    d = np.take(block, rows, axis=0)  # (B, G) copy, C-contiguous (row passes below need it)
-    if gal.columns is not None:
-        d = np.take(d, gal.columns, axis=1)
-    b, g = d.shape
-    slot = np.arange(max(int(m[0]), 1))
+    m_all = np.where(gal.ids[seg] == q_pids, gal.counts[seg], 0)  # same-identity items
+    g = len(gal.labels)
+    slot = np.arange(max(int(m_all.max()), 1))
     cols = gal.perm[np.minimum(gal.starts[seg][:, None] + slot, g - 1)]  # (B, M)
-    dc = np.where(slot < m[:, None], np.take_along_axis(d, cols, axis=1), np.inf)
+    live = slot < m_all[:, None]  # slots holding a correct item
+    if removed is not None:
+        live &= ~np.take_along_axis(removed, cols, axis=1)
+    m = np.count_nonzero(live, axis=1)  # correct items per query
+    by_m = np.argsort(-m, kind="stable")  # more correct items first: slot t uses a prefix
+    rows, cols, live, m = rows[by_m], cols[by_m], live[by_m], m[by_m]
+    d = np.take(block, rows, axis=0)  # (B, G) copy, C-contiguous (row passes below need it)
+    if removed is not None:
+        np.putmask(d, removed[by_m], np.inf)
+    b = d.shape[0]
+    dc = np.where(live, np.take_along_axis(d, cols, axis=1), np.inf)
     order = np.argsort(dc, axis=1, kind="stable")  # cols ascend per row: ties keep column order
     dc, cols = np.take_along_axis(dc, order, 1), np.take_along_axis(cols, order, 1)
 
@@ -169,8 +183,28 @@ def _search(block: np.ndarray, rows: np.ndarray, q_pids: np.ndarray, gal: _Galle
     return rows, m, rank, ap, inp
 
 
+# (q_pids, q_cams, g_pids, g_cams) of a chunk of queries -> (B, G) bool of the gallery items
+# each query ignores, or None when nothing is removed for any of them.
+_Removal = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray | None]
+
+
+def _sysu_removed(q_pids: np.ndarray, q_cams: np.ndarray, g_pids: np.ndarray,
+                  g_cams: np.ndarray) -> np.ndarray | None:
+    """SYSU-MM01: a cam3 query ignores every cam2 gallery item (same room), of any identity."""
+    cam3 = q_cams == 3
+    if not cam3.any():
+        return None
+    return cam3[:, None] & (g_cams == 2)[None, :]
+
+
+def _llcm_removed(q_pids: np.ndarray, q_cams: np.ndarray, g_pids: np.ndarray,
+                  g_cams: np.ndarray) -> np.ndarray | None:
+    """LLCM: a query ignores the gallery items of its own identity seen by its own camera."""
+    return (q_pids[:, None] == g_pids[None, :]) & (q_cams[:, None] == g_cams[None, :])
+
+
 def _evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int, identity_level: bool,
-              chunk_size: int | None) -> dict:
+              chunk_size: int | None, removal: _Removal | None) -> dict:
     if not isinstance(dist, torch.Tensor):
         dist = np.asarray(dist)
     if dist.ndim != 2:
@@ -190,30 +224,24 @@ def _evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int, identity_leve
     if max_rank < 1:
         raise DatasetError(f"max_rank={max_rank} must be >= 1")
 
-    # The SYSU camera rule as two galleries: cam3 queries search the gallery without cam2 (its
-    # columns stay in ascending order, so ties still resolve by gallery order).
-    full = _Gallery.build(g_pids)
-    cam3 = np.zeros(nq, dtype=bool) if q_cams is None else q_cams == 3
-    no_cam2 = _Gallery.build(g_pids, np.flatnonzero(g_cams != 2)) if cam3.any() else None
+    gal = _Gallery.build(g_pids)
     m, rank = np.zeros(nq, dtype=np.int64), np.zeros(nq, dtype=np.int64)
     ap, inp = np.zeros(nq), np.zeros(nq)
     step = chunk_size or max(1, CHUNK_ELEMENTS // ng)
     for s in range(0, nq, step):
         block = _block(dist, s, s + step)
-        for gal, group in ((full, ~cam3[s : s + step]), (no_cam2, cam3[s : s + step])):
-            rows = np.flatnonzero(group)
-            if len(rows) and (gal is None or len(gal.perm) == 0):
-                continue  # every gallery item removed: these queries have no match
-            if len(rows):
-                r, *vals = _search(block, rows, q_pids[s + rows], gal, identity_level)
-                m[s + r], rank[s + r], ap[s + r], inp[s + r] = vals
+        rows = np.arange(len(block))
+        removed = None if removal is None else removal(
+            q_pids[s : s + step], q_cams[s : s + step], g_pids, g_cams)
+        r, *vals = _search(block, rows, q_pids[s + rows], gal, removed, identity_level)
+        m[s + r], rank[s + r], ap[s + r], inp[s + r] = vals
 
     valid = m > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
         raise DatasetError(
             f"none of the {nq} queries has a correct match in its gallery; check that query and "
-            "gallery ids come from the same identity set (and the camera rule for SYSU cam3)"
+            "gallery ids come from the same identity set (and the camera rule: SYSU cam3 / LLCM)"
         )
     hits = np.bincount(np.minimum(rank[valid], max_rank + 1), minlength=max_rank + 2)
     cmc = np.cumsum(hits[1 : max_rank + 1]) / num_valid
@@ -244,7 +272,8 @@ def evaluate_sysu(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int = 20,
     Raises:
         DatasetError: On mismatched shapes, NaN/inf distances, or when no query has a match.
     """
-    return _evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank, True, chunk_size)
+    return _evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank, True, chunk_size,
+                     _sysu_removed)
 
 
 def evaluate_regdb(dist, q_pids, g_pids, max_rank: int = 20, chunk_size: int | None = None) -> dict:
@@ -252,4 +281,23 @@ def evaluate_regdb(dist, q_pids, g_pids, max_rank: int = 20, chunk_size: int | N
 
     Args, return value and errors as :func:`evaluate_sysu`, without cameras.
     """
-    return _evaluate(dist, q_pids, g_pids, None, None, max_rank, False, chunk_size)
+    return _evaluate(dist, q_pids, g_pids, None, None, max_rank, False, chunk_size, None)
+
+
+def evaluate_llcm(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int = 20,
+                  chunk_size: int | None = None) -> dict:
+    """LLCM metrics: each query ignores its own identity's gallery items from its own camera.
+
+    The rule of DEEN's ``eval_llcm`` (``ZYK100/LLCM``, ``AGW/eval_metrics.py``): LLCM cameras
+    have a visible and a near-infrared sensor, so the same identity seen by the same camera
+    number in the other modality is removed (other identities in that camera are kept). CMC is
+    identity-level, AP and INP image-level, exactly as :func:`evaluate_sysu`. Ties are ranked
+    by gallery order (a stable sort) where DEEN's unstable ``np.argsort`` leaves them to the
+    sort algorithm; with real-valued distances ties practically never occur.
+
+    Args, return value and errors as :func:`evaluate_sysu`; cameras are LLCM camera numbers
+    (1..9) on both sides. A query whose every correct item is removed has no match and is left
+    out of every average.
+    """
+    return _evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank, True, chunk_size,
+                     _llcm_removed)
