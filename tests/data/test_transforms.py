@@ -135,15 +135,42 @@ def _gray_case(out, x):
     raise AssertionError("output is none of the channel-adaptive gray cases")
 
 
-def test_channel_adaptive_gray_cases():
+def _gray_frequencies(draw: str, p: float, n: int) -> dict[str, float]:
     x = torch.randn(3, 6, 4)
-    assert all(_gray_case(channel_adaptive_gray(x, _gen(s), p=0.0), x) == "unchanged"
-               for s in range(20))
-    forced = [_gray_case(channel_adaptive_gray(x, _gen(s), p=1.0), x) for s in range(200)]
-    counts = {k: forced.count(k) for k in ("R", "G", "B", "gray")}
-    assert sum(counts.values()) == 200 and all(30 <= v <= 75 for v in counts.values()), counts
-    half = [_gray_case(channel_adaptive_gray(x, _gen(s), p=0.5), x) for s in range(200)]
-    assert 70 <= half.count("unchanged") <= 130
+    g = _gen(2024)  # one stream, as a loader worker draws them
+    cases = [_gray_case(channel_adaptive_gray(x, g, p=p, draw=draw), x) for _ in range(n)]
+    return {k: cases.count(k) / n for k in ("unchanged", "R", "G", "B", "gray")}
+
+
+def test_caj_adaptive_gray_frequencies():
+    """CAJ's draw: a channel copy 3/4 of the time, gray 1/8, unchanged 1/8 (within 1%)."""
+    f = _gray_frequencies("caj", p=0.5, n=40_000)
+    assert abs(f["R"] + f["G"] + f["B"] - 0.75) < 0.01, f
+    assert abs(f["gray"] - 0.125) < 0.01 and abs(f["unchanged"] - 0.125) < 0.01, f
+    assert all(abs(f[c] - 0.25) < 0.01 for c in "RGB"), f
+
+
+def test_gated_adaptive_gray_frequencies():
+    """The switch data.gray_draw=gated: unchanged 1/2, each of the four cases 1/8."""
+    f = _gray_frequencies("gated", p=0.5, n=40_000)
+    assert abs(f["unchanged"] - 0.5) < 0.01, f
+    assert all(abs(f[c] - 0.125) < 0.01 for c in ("R", "G", "B", "gray")), f
+
+
+def test_channel_adaptive_gray_probability_ends():
+    x = torch.randn(3, 6, 4)
+    # gated: p=0 never touches the image; p=1 always picks one of the four cases
+    assert all(_gray_case(channel_adaptive_gray(x, _gen(s), p=0.0, draw="gated"), x)
+               == "unchanged" for s in range(20))
+    forced = [_gray_case(channel_adaptive_gray(x, _gen(s), p=1.0, draw="gated"), x)
+              for s in range(200)]
+    assert "unchanged" not in forced
+    # caj: p only decides gray vs unchanged in the fourth case
+    caj0 = {_gray_case(channel_adaptive_gray(x, _gen(s), p=0.0), x) for s in range(200)}
+    caj1 = {_gray_case(channel_adaptive_gray(x, _gen(s), p=1.0), x) for s in range(200)}
+    assert caj0 == {"R", "G", "B", "unchanged"} and caj1 == {"R", "G", "B", "gray"}
+    with pytest.raises(ValueError, match="gray_draw='other'"):
+        channel_adaptive_gray(x, _gen(0), draw="other")
 
 
 def test_train_transform_shapes_determinism_and_views():

@@ -1,10 +1,11 @@
 """GMM confidences: bimodal separation, agreement with scikit-learn, degenerate inputs."""
 
+import numpy as np
 import pytest
 import torch
 
 from tskd.errors import DatasetError, NonFiniteLossError
-from tskd.losses import gmm_confidence
+from tskd.losses import gmm_confidence, visible_view_confidences
 
 
 def _bimodal(seed: int = 0) -> torch.Tensor:
@@ -39,17 +40,47 @@ def test_invariant_to_affine_rescaling_and_permutation_equivariant():
     torch.testing.assert_close(gmm_confidence(losses[perm]), w[perm])
 
 
+def _sklearn_low_posterior(x):
+    """Reference: scikit-learn's GaussianMixture with the authors' settings on 1-D data x."""
+    from sklearn.mixture import GaussianMixture
+
+    x = x.reshape(-1, 1)
+    gm = GaussianMixture(n_components=2, max_iter=100, tol=1e-2, reg_covar=5e-4,
+                         random_state=0).fit(x)
+    return gm.predict_proba(x)[:, gm.means_.argmin()]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_sklearn_gaussian_mixture(seed):
-    mixture = pytest.importorskip("sklearn.mixture")
     losses = _bimodal(seed).double()
-    x = ((losses - losses.min()) / (losses.max() - losses.min())).numpy().reshape(-1, 1)
-    gm = mixture.GaussianMixture(
-        n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4, random_state=0
-    ).fit(x)
-    ref = gm.predict_proba(x)[:, gm.means_.argmin()]
-    ours = gmm_confidence(losses).numpy()
-    assert abs(ours - ref).max() < 1e-2
+    x = ((losses - losses.min()) / (losses.max() - losses.min())).numpy()
+    assert abs(gmm_confidence(losses).numpy() - _sklearn_low_posterior(x)).max() < 1e-2
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_visible_views_fit_one_gmm_on_both_normalised_views(seed):
+    """Each view min-max normalised alone, one GMM on the concatenation, posteriors split."""
+    v1 = _bimodal(seed).double()
+    v2 = 5.0 * _bimodal(seed + 10).double() + 3.0  # another scale: normalised separately
+    w1, w2 = visible_view_confidences(v1, v2)
+    norm = [((v - v.min()) / (v.max() - v.min())).numpy() for v in (v1, v2)]
+    ref = _sklearn_low_posterior(np.concatenate(norm))
+    assert abs(w1.numpy() - ref[:400]).max() < 1e-2
+    assert abs(w2.numpy() - ref[400:]).max() < 1e-2
+    # not the same as two separate fits unless the views agree
+    assert w1.shape == w2.shape == (400,)
+
+
+def test_visible_views_share_one_fit():
+    # view 2 holds only clean samples: fitted alone it would split them in two, fitted with
+    # view 1 they all sit in the low component
+    v1 = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    v2 = torch.tensor([0.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    w1, w2 = visible_view_confidences(v1, v2)
+    torch.testing.assert_close(w1, torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(w2, torch.ones(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="one loss per visible image"):
+        visible_view_confidences(v1, v2[:3])
 
 
 def test_degenerate_inputs_give_full_confidence():

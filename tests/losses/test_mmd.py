@@ -36,11 +36,11 @@ def test_hand_computed_two_points():
     x, y = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0]])
     # d2 = [[0, 1], [1, 0]]; b = 2 / 4 = .5 -> bandwidths .125, .25, .5, 1, 2
     k01 = sum(math.exp(-1 / bw) for bw in (0.125, 0.25, 0.5, 1.0, 2.0))
-    assert multi_kernel_mmd2(x, y).item() == pytest.approx(10 - 2 * k01, rel=1e-6)
-    # excluding the diagonal: b = 2 / 2 = 1 -> bandwidths .25 ... 4
-    k01 = sum(math.exp(-1 / bw) for bw in (0.25, 0.5, 1.0, 2.0, 4.0))
-    value = multi_kernel_mmd2(x, y, diag_in_bandwidth=False).item()
+    value = multi_kernel_mmd2(x, y, diag_in_bandwidth=True).item()
     assert value == pytest.approx(10 - 2 * k01, rel=1e-6)
+    # excluding the diagonal (the default, as the authors' code): b = 2 / 2 = 1 -> bandwidths .25 ... 4
+    k01 = sum(math.exp(-1 / bw) for bw in (0.25, 0.5, 1.0, 2.0, 4.0))
+    assert multi_kernel_mmd2(x, y).item() == pytest.approx(10 - 2 * k01, rel=1e-6)
 
 
 @pytest.mark.parametrize("diag", [True, False])
@@ -94,7 +94,7 @@ def test_gradient_treats_bandwidth_as_constant():
     y = torch.randn(4, 2, generator=gen, dtype=torch.float64, requires_grad=True)
     analytic = torch.autograd.grad(multi_kernel_mmd2(x, y), (x, y))
     d2 = _pairwise_d2(x.detach(), y.detach())
-    base = sum(map(sum, d2)) / len(d2) ** 2
+    base = sum(map(sum, d2)) / (len(d2) ** 2 - len(d2))  # default: off-diagonal mean
     numeric = _numeric_grads(x.detach(), y.detach(), base)
     for a, n in zip(analytic, numeric):
         torch.testing.assert_close(a, n, rtol=1e-5, atol=1e-8)
@@ -119,26 +119,72 @@ def _aligned_batch(labels, seed=5):
     return [f.requires_grad_(True) for f in feats], torch.tensor(labels)
 
 
-def _reference_md(f_vis1, f_vis2, f_ir, labels):
-    """Mean over identities and views of the symmetric MMD^2 (no stop-gradient)."""
-    ids = labels.unique()
-    per_view = [torch.stack([multi_kernel_mmd2(fv[labels == i], f_ir[labels == i]) for i in ids])
-                .mean() for fv in (f_vis1, f_vis2)]
-    return 0.5 * (per_view[0] + per_view[1])
+def _loop_mmd2(x, y, offdiag=True):
+    """MMD^2 from METHOD.md's formula, one pair at a time (torch ops, so autograd works)."""
+    z = list(x) + list(y)
+    m, n = len(z), len(x)
+    d2 = [[((zi - zj) ** 2).sum() for zj in z] for zi in z]
+    total = sum(d2[i][j].detach() for i in range(m) for j in range(m) if i != j)
+    b = total / (m * m - m if offdiag else m * m)
+    k = [[sum(torch.exp(-d2[i][j] / (b * 2.0 ** (q - 2))) for q in range(5)) for j in range(m)]
+         for i in range(m)]
+
+    def block(rows, cols):
+        return sum(k[i][j] for i in rows for j in cols) / (len(rows) * len(cols))
+
+    xs, ys = range(n), range(n, m)
+    return block(xs, xs) + block(ys, ys) - 2 * block(xs, ys)
+
+
+def _reference_md(f_vis1, f_vis2, f_ir, labels, form="code", offdiag=True):
+    """METHOD.md's L_MD / md_w, identity by identity, with explicit stop-gradients."""
+    per_id = []
+    for c in labels.unique():
+        v1, v2, r = f_vis1[labels == c], f_vis2[labels == c], f_ir[labels == c]
+        d = [_loop_mmd2(v1, r.detach(), offdiag), _loop_mmd2(v2, r.detach(), offdiag),
+             _loop_mmd2(r, v1.detach(), offdiag), _loop_mmd2(r, v2.detach(), offdiag)]
+        per_id.append(sum(d) if form == "code" else 0.25 * sum(d))
+    return sum(per_id) / len(per_id)
 
 
 @pytest.mark.parametrize("labels", [[3, 1, 3, 1, 7, 7], [0, 0, 0, 1, 1]],
                          ids=["equal-counts-shuffled", "unequal-counts-loop"])
-def test_md_value_and_half_gradient(labels):
+@pytest.mark.parametrize(("form", "bandwidth"),
+                         [("code", "offdiag"), ("paper", "offdiag"), ("code", "all"),
+                          ("paper", "all")])
+def test_md_value_and_gradient_match_the_formula(labels, form, bandwidth):
     feats, labels = _aligned_batch(labels)
-    loss = MutualDistillationLoss()(*feats, labels)
-    reference = _reference_md(*feats, labels)
+    loss = MutualDistillationLoss(form=form, bandwidth=bandwidth)(*feats, labels)
+    reference = _reference_md(*feats, labels, form=form, offdiag=bandwidth == "offdiag")
     torch.testing.assert_close(loss, reference)
-    # each side gets only its own direction's gradient: exactly half of the symmetric one
     grads = torch.autograd.grad(loss, feats)
     ref_grads = torch.autograd.grad(reference, feats)
     for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g, 0.5 * r)
+        torch.testing.assert_close(g, r)
+        assert g.abs().sum() > 0
+
+
+def test_code_form_is_four_times_the_paper_form():
+    feats, labels = _aligned_batch([0, 0, 1, 1, 2, 2])
+    code = MutualDistillationLoss()(*feats, labels)
+    paper = MutualDistillationLoss(form="paper")(*feats, labels)
+    torch.testing.assert_close(code, 4 * paper)
+
+
+def test_paper_form_with_all_bandwidth_is_the_first_implementation():
+    """The switches md_form=paper md_bandwidth=all give the first release's number."""
+    feats, labels = _aligned_batch([3, 1, 3, 1, 7, 7])
+    old = MutualDistillationLoss(form="paper", bandwidth="all")(*feats, labels)
+    # first release: per view, the mean over identities of 1/2 (both directions), m^2 bandwidth
+    per_view = []
+    for fv in feats[:2]:
+        terms = [0.5 * (multi_kernel_mmd2(feats[2][labels == c], fv[labels == c].detach(),
+                                          diag_in_bandwidth=True)
+                        + multi_kernel_mmd2(fv[labels == c], feats[2][labels == c].detach(),
+                                            diag_in_bandwidth=True))
+                 for c in labels.unique()]
+        per_view.append(torch.stack(terms).mean())
+    torch.testing.assert_close(old, 0.5 * (per_view[0] + per_view[1]))
 
 
 def test_md_one_side_requiring_grad():
@@ -146,8 +192,15 @@ def test_md_one_side_requiring_grad():
     vis1, vis2, ir = feats[0].detach(), feats[1].detach(), feats[2]
     MutualDistillationLoss()(vis1, vis2, ir, labels).backward()
     (ref_ir,) = torch.autograd.grad(_reference_md(vis1, vis2, ir, labels), (ir,))
-    torch.testing.assert_close(ir.grad, 0.5 * ref_ir)
+    torch.testing.assert_close(ir.grad, ref_ir)
     assert ir.grad.abs().sum() > 0
+
+
+def test_md_switch_values_are_checked():
+    with pytest.raises(ValueError, match="loss.md_form='half'"):
+        MutualDistillationLoss(form="half")
+    with pytest.raises(ValueError, match="loss.md_bandwidth='diag'"):
+        MutualDistillationLoss(bandwidth="diag")
 
 
 def test_autocast_does_not_lower_precision():

@@ -7,7 +7,7 @@ and resumed runs. Resizing is not done here; the cache already stores images at 
 Training views (all tensors (3, H, W) float):
     visible view 1: pad 10 -> random crop -> flip -> normalise -> channel random erasing
     visible view 2: an independent draw of view 1's pipeline, then channel exchange
-    infrared:       view 1's pipeline, then channel-adaptive gray
+    infrared:       view 1's pipeline, then channel-adaptive gray (CAJ's draw)
 """
 
 from __future__ import annotations
@@ -127,20 +127,43 @@ def channel_exchange(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x[c:c + 1].expand(3, -1, -1).clone()
 
 
-def channel_adaptive_gray(x: torch.Tensor, g: torch.Generator, p: float = 0.5) -> torch.Tensor:
-    """With probability ``p``: copy R, G or B, or the grayscale mix, to all channels (uniform).
+GRAY_DRAWS = ("caj", "gated")
 
-    Applied to the normalised tensor, so the grayscale is a mix of normalised channels.
-    Otherwise the image is returned unchanged (as a new tensor).
+
+def _gray_mix(x: torch.Tensor) -> torch.Tensor:
+    wr, wg, wb = GRAY_WEIGHTS
+    gray = wr * x[0] + wg * x[1] + wb * x[2]  # (H, W)
+    return gray.unsqueeze(0).expand(3, -1, -1).clone()
+
+
+def channel_adaptive_gray(x: torch.Tensor, g: torch.Generator, p: float = 0.5,
+                          draw: str = "caj") -> torch.Tensor:
+    """Channel-adaptive gray on a normalised (3, H, W) infrared tensor; returns a new tensor.
+
+    ``draw="caj"`` (default, the CAJ code the authors build on): draw c uniformly from
+    {0, 1, 2, 3}; c < 3 copies channel c to all three; c = 3 applies the grayscale mix with
+    probability ``p``, else leaves the image unchanged. With p = 0.5: channel copy 3/4, gray 1/8,
+    unchanged 1/8.
+
+    ``draw="gated"`` (this project's first reading): with probability ``p`` one of the four
+    (three copies, gray) uniformly, otherwise unchanged: unchanged 1/2 at p = 0.5.
+
+    The grayscale mix is taken of normalised channels, as the reference applies it after
+    normalisation.
     """
+    if draw == "caj":
+        choice = _randint(0, 3, g)
+        if choice < 3:
+            return x[choice:choice + 1].expand(3, -1, -1).clone()
+        return _gray_mix(x) if _uniform(g) < p else x.clone()
+    if draw != "gated":
+        raise ValueError(f"data.gray_draw={draw!r}: use one of {GRAY_DRAWS}")
     if _uniform(g) >= p:
         return x.clone()
     choice = _randint(0, 3, g)
     if choice < 3:
         return x[choice:choice + 1].expand(3, -1, -1).clone()
-    wr, wg, wb = GRAY_WEIGHTS
-    gray = wr * x[0] + wg * x[1] + wb * x[2]  # (H, W)
-    return gray.unsqueeze(0).expand(3, -1, -1).clone()
+    return _gray_mix(x)
 
 
 class TrainTransform:
@@ -151,7 +174,9 @@ class TrainTransform:
         width: Crop width.
         pad: Zero padding before the random crop.
         erasing_p: Probability of channel random erasing.
-        gray_p: Probability of channel-adaptive gray on infrared images.
+        gray_p: Probability of the grayscale mix in channel-adaptive gray (see
+            :func:`channel_adaptive_gray`).
+        gray_draw: ``"caj"`` (default) or ``"gated"``, see :func:`channel_adaptive_gray`.
         erasing: False disables random erasing on all views.
         channel_exchange: False leaves visible view 2 without channel exchange.
         adaptive_gray: False leaves infrared images without channel-adaptive gray.
@@ -159,7 +184,7 @@ class TrainTransform:
 
     def __init__(self, height: int, width: int, pad: int = 10, erasing_p: float = 0.5,
                  gray_p: float = 0.5, erasing: bool = True, channel_exchange: bool = True,
-                 adaptive_gray: bool = True) -> None:
+                 adaptive_gray: bool = True, gray_draw: str = "caj") -> None:
         if pad < 0:
             raise DatasetError(f"data.pad={pad}: the crop padding must be >= 0 pixels (paper: 10)")
         self.height, self.width, self.pad = height, width, int(pad)
@@ -168,6 +193,9 @@ class TrainTransform:
         self.use_erasing = erasing
         self.use_channel_exchange = channel_exchange
         self.use_adaptive_gray = adaptive_gray
+        if gray_draw not in GRAY_DRAWS:
+            raise DatasetError(f"data.gray_draw={gray_draw!r}: use one of {GRAY_DRAWS}")
+        self.gray_draw = gray_draw
 
     def _base(self, img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """pad/crop/flip -> [0, 1] -> normalise -> erasing, on a uint8 (3, H, W) tensor."""
@@ -177,18 +205,28 @@ class TrainTransform:
             x = channel_random_erasing(x, g, p=self.erasing_p)
         return x
 
+    def visible_views(self, vis: np.ndarray | torch.Tensor,
+                      g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (H, W, 3) visible image -> views 1 and 2, float32 (3, h, w), drawn in order."""
+        vis_t = _as_chw_uint8(vis)
+        v1 = self._base(vis_t, g)
+        v2 = self._base(vis_t, g)
+        if self.use_channel_exchange:
+            v2 = channel_exchange(v2, g)
+        return v1, v2
+
+    def infrared_view(self, ir: np.ndarray | torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """uint8 (H, W, 3) infrared image -> its training view, float32 (3, h, w)."""
+        x_ir = self._base(_as_chw_uint8(ir), g)
+        if self.use_adaptive_gray:
+            x_ir = channel_adaptive_gray(x_ir, g, p=self.gray_p, draw=self.gray_draw)
+        return x_ir
+
     def __call__(self, vis: np.ndarray | torch.Tensor, ir: np.ndarray | torch.Tensor,
                  g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """uint8 (H, W, 3) visible and infrared images -> three float32 (3, h, w) views.
 
         Draws happen in a fixed order (view 1, view 2, infrared) from ``g``.
         """
-        vis_t, ir_t = _as_chw_uint8(vis), _as_chw_uint8(ir)
-        v1 = self._base(vis_t, g)
-        v2 = self._base(vis_t, g)
-        if self.use_channel_exchange:
-            v2 = channel_exchange(v2, g)
-        x_ir = self._base(ir_t, g)
-        if self.use_adaptive_gray:
-            x_ir = channel_adaptive_gray(x_ir, g, p=self.gray_p)
-        return v1, v2, x_ir
+        v1, v2 = self.visible_views(vis, g)
+        return v1, v2, self.infrared_view(ir, g)

@@ -5,12 +5,18 @@ distribution is roughly bimodal. Following the SI loss of TSKD, the losses of on
 min-max normalised to [0, 1], a two-component Gaussian mixture is fitted to them by EM and each
 sample's confidence is the posterior probability of the component with the lower mean.
 
-The EM is our own small float64 implementation (scikit-learn is not a dependency). It mirrors
-``sklearn.mixture.GaussianMixture(n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4)``:
+The EM is our own small float64 implementation (scikit-learn is not a runtime dependency; the
+tests compare against it). It mirrors
+``sklearn.mixture.GaussianMixture(n_components=2, max_iter=100, tol=1e-2, reg_covar=5e-4)``,
+the settings of the authors' code:
 hard 2-means responsibilities initialise the parameters, every iteration is an E-step then an
 M-step, the loop stops once the mean log-likelihood changes by less than ``tol`` and a final
 E-step produces the posteriors. The 2-means starts from the minimum and maximum (0 and 1 after
 normalisation), so the result is deterministic, which keeps all DDP ranks identical.
+
+:func:`visible_view_confidences` is the authors' visible fit: the per-sample losses of visible
+view 1 and view 2 are min-max normalised separately, one GMM is fitted on the two concatenated,
+and each view keeps its own posterior (docs/method.md, "GMM confidences").
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import torch
 
 from tskd.errors import DatasetError, NonFiniteLossError
 
-__all__ = ["gmm_confidence"]
+__all__ = ["gmm_confidence", "visible_view_confidences"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 # sklearn adds 10 * float eps to each component mass so a component can never become empty
@@ -66,9 +72,67 @@ def _e_step(
     return log_norm.mean(), weighted - log_norm[:, None]
 
 
+def _check_losses(losses: torch.Tensor, max_iter: int, tol: float, reg_covar: float) -> None:
+    if losses.dim() != 1:
+        raise ValueError(
+            f"losses must be a 1-D tensor (one loss per sample), got shape "
+            f"{tuple(losses.shape)}; flatten it first"
+        )
+    if max_iter < 1 or tol <= 0 or reg_covar <= 0:
+        raise ValueError(
+            f"invalid GMM settings max_iter={max_iter}, tol={tol}, reg_covar={reg_covar}; "
+            "use max_iter >= 1, tol > 0 and reg_covar > 0 (defaults 100, 1e-2, 5e-4)"
+        )
+    if losses.shape[0] == 0:
+        raise DatasetError(
+            "gmm_confidence got an empty loss vector: the modality has no training images; "
+            "check the training split of the dataset"
+        )
+    bad = ~torch.isfinite(losses.detach())
+    if bad.any():
+        idx = bad.nonzero().flatten()[:10].tolist()
+        raise NonFiniteLossError(
+            f"gmm_confidence got {int(bad.sum())} non-finite per-sample losses (first indices "
+            f"{idx}); the network diverged — lower the learning rate or resume from an earlier "
+            "checkpoint"
+        )
+
+
+def _minmax(losses: torch.Tensor) -> torch.Tensor | None:
+    """float64 CPU copy scaled to [0, 1]; None when nothing separates the samples."""
+    # the fit is tiny (N scalars); on the CPU in float64 it is exact and identical on all ranks
+    x = losses.detach().to(device="cpu", dtype=torch.float64)
+    lo, hi = x.min(), x.max()
+    if x.shape[0] < 2 or hi == lo:
+        return None
+    return (x - lo) / (hi - lo)
+
+
+def _low_component_posterior(x: torch.Tensor, max_iter: int, tol: float,
+                             reg_covar: float) -> torch.Tensor:
+    """EM fit of a 2-GMM on float64 x in [0, 1] -> posterior of the lower-mean component."""
+    upper = _two_means(x)
+    resp = torch.stack([~upper, upper], dim=1).to(torch.float64)  # (N, 2) hard assignments
+    weights, means, variances = _m_step(x, resp, reg_covar)
+    prev = -math.inf
+    for _ in range(max_iter):
+        log_lik, log_resp = _e_step(x, weights, means, variances)
+        weights, means, variances = _m_step(x, log_resp.exp(), reg_covar)
+        if abs(float(log_lik) - prev) < tol:
+            break
+        prev = float(log_lik)
+    _, log_resp = _e_step(x, weights, means, variances)
+    low = int(torch.argmin(means))
+    return log_resp[:, low].exp().clamp_(0.0, 1.0)  # (N,)
+
+
+def _out_dtype(losses: torch.Tensor) -> torch.dtype:
+    return losses.dtype if losses.is_floating_point() else torch.float32
+
+
 def gmm_confidence(
     losses: torch.Tensor,
-    max_iter: int = 10,
+    max_iter: int = 100,
     tol: float = 1e-2,
     reg_covar: float = 5e-4,
 ) -> torch.Tensor:
@@ -90,49 +154,46 @@ def gmm_confidence(
         DatasetError: If ``losses`` is empty (no training images of that modality).
         NonFiniteLossError: If any loss is NaN or infinite.
     """
-    if losses.dim() != 1:
-        raise ValueError(
-            f"losses must be a 1-D tensor (one loss per sample), got shape "
-            f"{tuple(losses.shape)}; flatten it first"
-        )
-    if max_iter < 1 or tol <= 0 or reg_covar <= 0:
-        raise ValueError(
-            f"invalid GMM settings max_iter={max_iter}, tol={tol}, reg_covar={reg_covar}; "
-            "use max_iter >= 1, tol > 0 and reg_covar > 0 (defaults 10, 1e-2, 5e-4)"
-        )
-    out_dtype = losses.dtype if losses.is_floating_point() else torch.float32
-    n = losses.shape[0]
-    if n == 0:
-        raise DatasetError(
-            "gmm_confidence got an empty loss vector: the modality has no training images; "
-            "check the training split of the dataset"
-        )
-    # the fit is tiny (N scalars); on the CPU in float64 it is exact and identical on all ranks
-    x = losses.detach().to(device="cpu", dtype=torch.float64)
-    bad = ~torch.isfinite(x)
-    if bad.any():
-        idx = bad.nonzero().flatten()[:10].tolist()
-        raise NonFiniteLossError(
-            f"gmm_confidence got {int(bad.sum())} non-finite per-sample losses (first indices "
-            f"{idx}); the network diverged — lower the learning rate or resume from an earlier "
-            "checkpoint"
-        )
-    lo, hi = x.min(), x.max()
-    if n < 2 or hi == lo:
-        return torch.ones(n, dtype=out_dtype, device=losses.device)
-    x = (x - lo) / (hi - lo)  # (N,) in [0, 1]
+    _check_losses(losses, max_iter, tol, reg_covar)
+    x = _minmax(losses)
+    if x is None:
+        return torch.ones(losses.shape[0], dtype=_out_dtype(losses), device=losses.device)
+    conf = _low_component_posterior(x, max_iter, tol, reg_covar)
+    return conf.to(dtype=_out_dtype(losses), device=losses.device)
 
-    upper = _two_means(x)
-    resp = torch.stack([~upper, upper], dim=1).to(torch.float64)  # (N, 2) hard assignments
-    weights, means, variances = _m_step(x, resp, reg_covar)
-    prev = -math.inf
-    for _ in range(max_iter):
-        log_lik, log_resp = _e_step(x, weights, means, variances)
-        weights, means, variances = _m_step(x, log_resp.exp(), reg_covar)
-        if abs(float(log_lik) - prev) < tol:
-            break
-        prev = float(log_lik)
-    _, log_resp = _e_step(x, weights, means, variances)
-    low = int(torch.argmin(means))
-    conf = log_resp[:, low].exp().clamp_(0.0, 1.0)  # (N,)
-    return conf.to(dtype=out_dtype, device=losses.device)
+
+def visible_view_confidences(
+    losses_view1: torch.Tensor,
+    losses_view2: torch.Tensor,
+    max_iter: int = 100,
+    tol: float = 1e-2,
+    reg_covar: float = 5e-4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-view confidences of the visible images from one GMM over both views.
+
+    Each loss vector (N,) is min-max normalised on its own, the two are concatenated (2N,) and
+    one 2-GMM is fitted; view 1 gets the first N posteriors and view 2 the last N. A view whose
+    losses are all equal normalises to zeros (the most confident end), as 0/0 is avoided.
+
+    Returns:
+        (w1, w2), each (N,) in [0, 1], on the device and in the dtype of ``losses_view1``.
+    """
+    for v in (losses_view1, losses_view2):
+        _check_losses(v, max_iter, tol, reg_covar)
+    if losses_view1.shape != losses_view2.shape:
+        raise ValueError(
+            f"view 1 and view 2 need one loss per visible image each, got "
+            f"{tuple(losses_view1.shape)} and {tuple(losses_view2.shape)}"
+        )
+    n = losses_view1.shape[0]
+    parts = []
+    for v in (losses_view1, losses_view2):
+        x = _minmax(v)
+        parts.append(torch.zeros(n, dtype=torch.float64) if x is None else x)
+    both = torch.cat(parts)  # (2N,)
+    if both.max() == both.min():
+        conf = torch.ones(2 * n, dtype=torch.float64)
+    else:
+        conf = _low_component_posterior(both, max_iter, tol, reg_covar)
+    conf = conf.to(dtype=_out_dtype(losses_view1), device=losses_view1.device)
+    return conf[:n], conf[n:]

@@ -3,18 +3,22 @@
 For each identity in the batch, its K visible features of one view and its K infrared features
 are compared with the squared maximum mean discrepancy (biased V-statistic)
 
-    MMD^2(X, Y) = mean(k(X, X)) + mean(k(Y, Y)) - 2 mean(k(X, Y))
+    D(X, Y) = mean(k(X, X)) + mean(k(Y, Y)) - 2 mean(k(X, Y))
 
-under a sum of Gaussian kernels ``k(a, b) = sum_i exp(-|a - b|^2 / bw_i)``. The bandwidths
-follow the authors' related code: with ``b`` the mean pairwise squared distance of the pooled
-n + m samples (detached), ``bw_i = b / kernel_mul**(num_kernels // 2) * kernel_mul**i``, i.e.
-``b * {1, 2, 4, 8, 16} / 4`` for the defaults. By default ``b`` averages all (n + m)^2 entries
-of the distance matrix including its zero diagonal; ``diag_in_bandwidth=False`` divides by
-(n + m)^2 - (n + m) instead, the normalisation of the classic multi-kernel MMD code.
+under a sum of Gaussian kernels ``k(a, b) = sum_q exp(-|a - b|^2 / bw_q)``. With ``b`` the mean
+pairwise squared distance of the pooled m = n + n' samples (detached), ``bw_q = b * 2^(q-2)``
+for q = 0..4. ``b`` divides the sum of squared distances by m^2 - m, leaving out the zero
+diagonal, as the authors' code does (``bandwidth="offdiag"``, the default);
+``bandwidth="all"`` divides by m^2.
 
-Distillation runs both ways with a stop-gradient on the target:
-``1/2 [D(F_ir, sg F_v) + D(F_v, sg F_ir)]`` for each visible view v, averaged over identities
-and the two views.
+Distillation runs both ways with a stop-gradient on the target. ``form="code"`` (default, the
+authors' code, whose magnitude ``md_w`` = 0.05 was tuned with) sums four terms per identity c,
+
+    D(F1_c, sg Fr_c) + D(F2_c, sg Fr_c) + D(Fr_c, sg F1_c) + D(Fr_c, sg F2_c),
+
+averaged over the identities of the batch. ``form="paper"`` is the tidier
+``1/2 [D(V, sg R) + D(R, sg V)]`` averaged over the two visible views V: a quarter of it.
+See docs/method.md ("MD").
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["MutualDistillationLoss", "md_direction", "multi_kernel_mmd2"]
+__all__ = ["MD_BANDWIDTHS", "MD_FORMS", "MutualDistillationLoss", "md_direction",
+           "multi_kernel_mmd2"]
 
 
 def multi_kernel_mmd2(
@@ -30,7 +35,7 @@ def multi_kernel_mmd2(
     y: torch.Tensor,
     num_kernels: int = 5,
     kernel_mul: float = 2.0,
-    diag_in_bandwidth: bool = True,
+    diag_in_bandwidth: bool = False,
 ) -> torch.Tensor:
     """Squared MMD (biased) with a sum of Gaussian kernels.
 
@@ -39,7 +44,8 @@ def multi_kernel_mmd2(
         y: Second sample set, (m, C), or (P, m, C).
         num_kernels: Number of Gaussian kernels.
         kernel_mul: Ratio between consecutive bandwidths.
-        diag_in_bandwidth: Whether the bandwidth base averages over the diagonal too.
+        diag_in_bandwidth: Whether the bandwidth base averages over the zero diagonal too
+            (m^2 entries) instead of the m^2 - m off-diagonal ones (the authors' code).
 
     Returns:
         Scalar for 2-D inputs, (P,) for batched inputs; float32 for 16-bit inputs (computed
@@ -105,29 +111,51 @@ def md_direction(x_student: torch.Tensor, y_target: torch.Tensor, **kernel) -> t
     return multi_kernel_mmd2(x_student, y_target.detach(), **kernel)
 
 
-def _two_way(fv: torch.Tensor, fir: torch.Tensor, kernel: dict) -> torch.Tensor:
-    """``1/2 [D(F_ir, sg F_v) + D(F_v, sg F_ir)]`` per identity: (P,) from (P, K, C) inputs."""
-    return 0.5 * (md_direction(fir, fv, **kernel) + md_direction(fv, fir, **kernel))
+MD_FORMS = ("code", "paper")
+MD_BANDWIDTHS = ("offdiag", "all")
 
 
 class MutualDistillationLoss(nn.Module):
     """Bidirectional per-identity MMD between each visible view and the infrared features.
 
     Args:
+        form: ``"code"`` (four directions summed, the default) or ``"paper"`` (1/2 per view,
+            averaged over the views: 1/4 of ``code``); see the module docstring.
+        bandwidth: ``"offdiag"`` (mean over the m^2 - m off-diagonal distances, the default)
+            or ``"all"`` (over all m^2).
         num_kernels: Number of Gaussian kernels (5).
         kernel_mul: Bandwidth ratio (2.0).
-        diag_in_bandwidth: See :func:`multi_kernel_mmd2`.
     """
 
-    def __init__(
-        self, num_kernels: int = 5, kernel_mul: float = 2.0, diag_in_bandwidth: bool = True
-    ) -> None:
+    def __init__(self, form: str = "code", bandwidth: str = "offdiag", num_kernels: int = 5,
+                 kernel_mul: float = 2.0) -> None:
         super().__init__()
+        if form not in MD_FORMS:
+            raise ValueError(f"loss.md_form={form!r}: use one of {MD_FORMS}")
+        if bandwidth not in MD_BANDWIDTHS:
+            raise ValueError(f"loss.md_bandwidth={bandwidth!r}: use one of {MD_BANDWIDTHS}")
+        self.form, self.bandwidth = form, bandwidth
         self.kernel = {
             "num_kernels": num_kernels,
             "kernel_mul": kernel_mul,
-            "diag_in_bandwidth": diag_in_bandwidth,
+            "diag_in_bandwidth": bandwidth == "all",
         }
+
+    def extra_repr(self) -> str:
+        return f"form={self.form!r}, bandwidth={self.bandwidth!r}"
+
+    def _both_ways(self, fv: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
+        """``D(F_ir, sg F_v) + D(F_v, sg F_ir)`` per identity: (P,) from (P, K, C) groups."""
+        return md_direction(fir, fv, **self.kernel) + md_direction(fv, fir, **self.kernel)
+
+    def _combine(self, per_view: list[torch.Tensor]) -> torch.Tensor:
+        """Per-identity both-ways sums of view 1 and view 2, each (P,) -> the scalar loss."""
+        if self.form == "code":
+            return (per_view[0] + per_view[1]).mean()
+        # paper: mean over identities of 1/2 (both ways), then mean over the two views (the
+        # operation order of the first implementation, kept so its results stay bit-identical)
+        means = [(0.5 * v).mean() for v in per_view]
+        return 0.5 * (means[0] + means[1])
 
     def forward(
         self,
@@ -136,7 +164,7 @@ class MutualDistillationLoss(nn.Module):
         f_ir: torch.Tensor,
         labels: torch.Tensor,
     ) -> torch.Tensor:
-        """Compute the loss.
+        """Compute the loss (without ``md_w``).
 
         Args:
             f_vis1: Visible view-1 features (B, C).
@@ -145,7 +173,7 @@ class MutualDistillationLoss(nn.Module):
             labels: Identities (B,) shared by the three tensors row by row.
 
         Returns:
-            Scalar: mean over identities and over the two visible views.
+            Scalar: the per-identity loss of ``form`` averaged over the batch's identities.
         """
         b = labels.shape[0] if labels.dim() == 1 else -1
         feats = (f_vis1, f_vis2, f_ir)
@@ -160,16 +188,12 @@ class MutualDistillationLoss(nn.Module):
             p, k = ids.numel(), int(counts[0])
             order = torch.argsort(inverse, stable=True)  # rows grouped by identity
             fir = f_ir[order].reshape(p, k, -1)  # (P, K, C)
+            per_view = [self._both_ways(fv[order].reshape(p, k, -1), fir)
+                        for fv in (f_vis1, f_vis2)]
+        else:
             per_view = [
-                _two_way(fv[order].reshape(p, k, -1), fir, self.kernel).mean()
+                torch.stack([self._both_ways(fv[inverse == j][None], f_ir[inverse == j][None])[0]
+                             for j in range(ids.numel())])
                 for fv in (f_vis1, f_vis2)
             ]
-        else:
-            per_view = []
-            for fv in (f_vis1, f_vis2):
-                terms = [
-                    _two_way(fv[inverse == j][None], f_ir[inverse == j][None], self.kernel)[0]
-                    for j in range(ids.numel())
-                ]
-                per_view.append(torch.stack(terms).mean())
-        return 0.5 * (per_view[0] + per_view[1])
+        return self._combine(per_view)

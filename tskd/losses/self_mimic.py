@@ -1,16 +1,31 @@
 """Self-mimic (SM): pull every feature towards its identity's prototype from the last epoch.
 
 Every identity has one prototype per slot: visible view 1 (slot 0), visible view 2 (slot 1)
-and infrared (slot 2). A prototype is the confidence-weighted mean of the pre-BN features ``f``
-that identity produced in that slot during an epoch. :class:`PrototypeBank` accumulates the
-weighted sums during the epoch and turns them into prototypes at its end (after an optional
-cross-rank sum); the prototypes then stay fixed, without gradient, for the whole next epoch.
+and infrared (slot 2). :class:`PrototypeBank` holds them. After each post-warm-up epoch the
+features of that epoch's slots are summed per (identity, slot), weighted by their confidences,
+and the sums become prototypes (docs/method.md, "Prototypes", Eq. 8-9 of the paper):
 
-:class:`SelfMimicLoss` pulls each sample towards the prototype of its (identity, slot):
-``l1`` (default, the related code) uses ``w_i * mean_c |f_ic - p_c|``; ``l2`` (the paper's
-formula) uses ``w_i * sum_c (f_ic - p_c)^2``. Samples whose prototype does not exist yet are
-left alone -- the related code pulled them towards the zero-initialised prototype, a bug we
-avoid -- and the loss is the mean over the samples that do have one.
+- ``norm="count"`` (default, the authors' code): ``O[c] = sum_i w_i f_i / count_c``, with
+  ``count_c`` the number of slots of identity c in the pass (repeats included);
+- ``norm="weight"``: ``O[c] = sum_i w_i f_i / sum_i w_i``, a weighted mean.
+
+Identities not seen keep their previous prototype. The prototypes live in buffers (identical on
+all ranks, saved in checkpoints). The running sums do **not**: DDP broadcasts every buffer from
+rank 0 before each forward, which would silently replace the other ranks' sums with rank 0's
+whenever the sums are filled from the training forward. They are plain tensors, reduced across
+ranks only in :meth:`PrototypeBank.finalize`, and saved in checkpoints as the bank's extra state
+so a resumed run continues bit-exactly.
+
+:class:`SelfMimicLoss` pulls each sample towards the prototype of its (identity, slot), with
+``d_i`` = ``l1``: mean over channels of ``|f_ic - p_c|`` (the authors' code) or ``l2``: sum over
+channels of ``(f_ic - p_c)^2`` (the paper's squared L2). Two forms of the average:
+
+- ``form="code"`` (default): ``(1/n) sum_i [1/2 (w1_i d1_i + w2_i d2_i) + wr_i dr_i]`` over the
+  n aligned slots, so the infrared term weighs as much as the two visible views together;
+- ``form="mean"``: the plain mean of ``w_i d_i`` over all samples that have a prototype.
+
+Samples whose prototype does not exist yet contribute nothing (the authors' code pulled them
+towards a zero-initialised prototype, which we avoid); ``code`` still divides by n.
 """
 
 from __future__ import annotations
@@ -20,42 +35,68 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["PrototypeBank", "SelfMimicLoss"]
+__all__ = ["PROTOTYPE_NORMS", "SM_FORMS", "PrototypeBank", "SelfMimicLoss"]
+
+PROTOTYPE_NORMS = ("count", "weight")
+SM_FORMS = ("code", "mean")
+INFRARED_SLOT = 2
+_SUMS = ("wsum", "weight_sum", "count")
 
 
 class PrototypeBank(nn.Module):
-    """Per-(identity, slot) prototypes plus the running weighted sums that produce them.
+    """Per-(identity, slot) prototypes plus the running sums that produce them.
 
-    All state lives in registered buffers (``prototypes``, ``valid``, ``wsum``,
-    ``weight_sum``), so it moves with the module's device and is saved in checkpoints,
-    including a half-accumulated epoch.
+    ``prototypes`` (ids, slots, C) and ``valid`` (ids, slots) are buffers; the running sums
+    ``wsum`` (sum of w f), ``weight_sum`` (sum of w) and ``count`` (number of samples) are plain
+    tensors kept out of DDP's buffer broadcast and saved through the module's extra state.
 
     Args:
         num_ids: Number of training identities.
         num_slots: Slots per identity (3: visible view 1, visible view 2, infrared).
         dim: Feature dimension (required).
+        norm: ``"count"`` or ``"weight"``, the prototype's denominator (module docstring).
     """
 
-    def __init__(self, num_ids: int, num_slots: int = 3, dim: int | None = None) -> None:
+    def __init__(self, num_ids: int, num_slots: int = 3, dim: int | None = None,
+                 norm: str = "count") -> None:
         super().__init__()
         if dim is None or dim < 1 or num_ids < 1 or num_slots < 1:
             raise ValueError(
                 f"PrototypeBank needs positive num_ids, num_slots and dim, got {num_ids}, "
                 f"{num_slots}, {dim}; pass dim=<feature size of the network>"
             )
-        self.num_ids, self.num_slots, self.dim = num_ids, num_slots, dim
+        if norm not in PROTOTYPE_NORMS:
+            raise ValueError(f"loss.prototype_norm={norm!r}: use one of {PROTOTYPE_NORMS}")
+        self.num_ids, self.num_slots, self.dim, self.norm = num_ids, num_slots, dim, norm
         self.register_buffer("prototypes", torch.zeros(num_ids, num_slots, dim))
         self.register_buffer("valid", torch.zeros(num_ids, num_slots, dtype=torch.bool))
-        self.register_buffer("wsum", torch.zeros(num_ids, num_slots, dim))  # sum_i w_i f_i
-        self.register_buffer("weight_sum", torch.zeros(num_ids, num_slots))  # sum_i w_i
+        self._reset_sums(torch.device("cpu"))
+
+    def _reset_sums(self, device: torch.device) -> None:
+        shape = (self.num_ids, self.num_slots)
+        self.wsum = torch.zeros(*shape, self.dim, device=device)
+        self.weight_sum = torch.zeros(shape, device=device)
+        self.count = torch.zeros(shape, device=device)
+
+    def _sums_to(self, device: torch.device) -> None:
+        # plain tensors do not follow Module.to(); move them where the features are
+        for name in _SUMS:
+            t = getattr(self, name)
+            if t.device != device:
+                setattr(self, name, t.to(device))
+
+    def get_extra_state(self) -> dict:
+        """The running sums, so a checkpoint taken mid-epoch resumes exactly."""
+        return {name: getattr(self, name).detach().clone() for name in _SUMS}
+
+    def set_extra_state(self, state: dict) -> None:
+        device = self.prototypes.device
+        for name in _SUMS:
+            setattr(self, name, state[name].to(device=device, dtype=torch.float32).clone())
 
     def extra_repr(self) -> str:
-        return f"num_ids={self.num_ids}, num_slots={self.num_slots}, dim={self.dim}"
-
-    @property
-    def has_prototypes(self) -> bool:
-        """True once at least one (identity, slot) prototype exists."""
-        return bool(self.valid.any())
+        return (f"num_ids={self.num_ids}, num_slots={self.num_slots}, dim={self.dim}, "
+                f"norm={self.norm!r}")
 
     def flat_index(self, labels: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Row index ``label * num_slots + slot`` into the flattened (ids*slots) tables."""
@@ -81,7 +122,7 @@ class PrototypeBank(nn.Module):
         slots: torch.Tensor,
         weights: torch.Tensor,
     ) -> None:
-        """Add ``w_i * f_i`` and ``w_i`` to the running sums of each sample's (identity, slot).
+        """Add ``w_i * f_i``, ``w_i`` and 1 to the running sums of each sample's (identity, slot).
 
         Args:
             f: Features (M, C), detached (no gradient is recorded either way).
@@ -101,31 +142,35 @@ class PrototypeBank(nn.Module):
                 f"{tuple(slots.shape)}, {tuple(weights.shape)}"
             )
         idx = self.flat_index(labels, slots)  # (M,)
+        self._sums_to(f.device)
         w = weights.to(self.wsum.dtype)
         self.wsum.view(-1, self.dim).index_add_(0, idx, f.to(self.wsum.dtype) * w[:, None])
         self.weight_sum.view(-1).index_add_(0, idx, w)
+        self.count.view(-1).index_add_(0, idx, torch.ones_like(w))
 
     @torch.no_grad()
     def finalize(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         """Turn the epoch's sums into prototypes and reset the sums.
 
         Args:
-            reduce: Optional callable summing a tensor over DDP ranks; applied to both running
+            reduce: Optional callable summing a tensor over DDP ranks; applied to the running
                 sums first so every rank ends with the same prototypes.
 
-        (identity, slot) pairs with a positive weight sum get ``wsum / weight_sum`` and become
-        valid; pairs not seen this epoch (or seen only with zero weight) keep their previous
-        prototype and validity.
+        (identity, slot) pairs seen this epoch (``count > 0`` for ``norm="count"``, a positive
+        weight sum for ``norm="weight"``) get new prototypes and become valid; the others keep
+        their previous prototype and validity.
         """
-        wsum, weight_sum = self.wsum, self.weight_sum
+        device = self.prototypes.device
+        self._sums_to(device)
+        wsum, weight_sum, count = self.wsum, self.weight_sum, self.count
         if reduce is not None:
-            wsum, weight_sum = reduce(wsum), reduce(weight_sum)
-        seen = weight_sum > 0  # (ids, slots)
-        new = wsum / weight_sum.clamp(min=torch.finfo(weight_sum.dtype).tiny)[..., None]
+            wsum, weight_sum, count = reduce(wsum), reduce(weight_sum), reduce(count)
+        denom = count if self.norm == "count" else weight_sum
+        seen = denom > 0  # (ids, slots)
+        new = wsum / denom.clamp(min=torch.finfo(denom.dtype).tiny)[..., None]
         self.prototypes.copy_(torch.where(seen[..., None], new, self.prototypes))
         self.valid |= seen
-        self.wsum.zero_()
-        self.weight_sum.zero_()
+        self._reset_sums(device)
 
 
 class SelfMimicLoss(nn.Module):
@@ -134,16 +179,19 @@ class SelfMimicLoss(nn.Module):
     Args:
         metric: ``"l1"`` (mean absolute difference over channels) or ``"l2"`` (sum of squared
             differences over channels).
+        form: ``"code"`` or ``"mean"`` (module docstring).
     """
 
-    def __init__(self, metric: str = "l1") -> None:
+    def __init__(self, metric: str = "l1", form: str = "code") -> None:
         super().__init__()
         if metric not in ("l1", "l2"):
-            raise ValueError(f"self-mimic metric must be 'l1' or 'l2', got {metric!r}")
-        self.metric = metric
+            raise ValueError(f"loss.sm_metric={metric!r}: use 'l1' or 'l2'")
+        if form not in SM_FORMS:
+            raise ValueError(f"loss.sm_form={form!r}: use one of {SM_FORMS}")
+        self.metric, self.form = metric, form
 
     def extra_repr(self) -> str:
-        return f"metric={self.metric!r}"
+        return f"metric={self.metric!r}, form={self.form!r}"
 
     def forward(
         self,
@@ -153,19 +201,19 @@ class SelfMimicLoss(nn.Module):
         weights: torch.Tensor,
         bank: PrototypeBank,
     ) -> torch.Tensor:
-        """Compute the self-mimic loss.
+        """Compute the self-mimic loss (without ``sm_w``).
 
         Args:
             f: Features (M, C) with gradient.
             labels: Identities (M,).
-            slots: Slots (M,) as in :meth:`PrototypeBank.accumulate`.
+            slots: Slots (M,) as in :meth:`PrototypeBank.accumulate`; ``code`` needs the
+                aligned layout (as many samples in each slot).
             weights: Confidences (M,), treated as constants.
             bank: The prototype bank (prototypes receive no gradient).
 
         Returns:
-            Scalar: sum over samples with a valid prototype of ``w_i * d_i`` divided by the
-            number of such samples. When none has a prototype the result is ``0 * f.sum()``,
-            a zero that keeps the graph connected (needed by DDP) and pulls nothing.
+            Scalar (module docstring). When no sample has a prototype the result is
+            ``0 * f.sum()``, a zero that keeps the graph connected (needed by DDP).
         """
         m = f.shape[0]
         if f.dim() != 2 or weights.shape != (m,) or labels.shape != (m,) or slots.shape != (m,):
@@ -184,4 +232,13 @@ class SelfMimicLoss(nn.Module):
         else:
             dist = diff.pow(2).sum(1)  # (V,)
         w = weights.detach().to(f.dtype)[has]
-        return (w * dist).sum() / has.sum()
+        if self.form == "mean":
+            return (w * dist).sum() / has.sum()
+        n = int((slots == INFRARED_SLOT).sum())  # aligned slots: one infrared sample each
+        if n * 3 != m:
+            raise ValueError(
+                f"sm_form='code' needs the aligned 3-view layout (n view-1, n view-2, n infrared "
+                f"samples), got {m} samples with {n} infrared; use loss.sm_form=mean otherwise"
+            )
+        half = torch.where(slots[has] == INFRARED_SLOT, 1.0, 0.5).to(f.dtype)  # (V,)
+        return (half * w * dist).sum() / n
