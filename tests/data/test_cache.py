@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -210,3 +214,157 @@ def test_standard_arrays_rejected_when_they_do_not_fit(tmp_path, caplog, case, m
     with caplog.at_level(logging.INFO, logger="tskd.data.cache"):
         assert standard_train_arrays(tmp_path, SIZE, vl, il) is None
     assert "ignoring" in caplog.text and message in caplog.text
+
+
+# --- images with more than 8 bits per sample -------------------------------------------------
+
+GRADIENT = np.arange(256, dtype=np.int64).reshape(16, 16)  # the expected 8-bit picture
+
+
+def _save_deep(path, values, mode):
+    """Writes ``values`` as a greyscale image of a 16/32-bit PIL mode; returns the path."""
+    if mode == "I":
+        img = Image.fromarray(values.astype(np.int32))
+    else:
+        dtype = ">u2" if mode == "I;16B" else "<u2"
+        img = Image.frombytes(mode, values.shape[::-1], values.astype(dtype).tobytes())
+    img.save(path)
+    with Image.open(path) as back:  # the file really decodes to the mode under test
+        assert back.mode == mode
+    return str(path)
+
+
+@pytest.mark.parametrize("mode, name", [("I;16", "g.png"), ("I;16B", "g.tif"), ("I", "g.tif")])
+def test_16_bit_image_is_scaled_not_saturated(tmp_path, mode, name):
+    path = _save_deep(tmp_path / name, GRADIENT * 257, mode)
+    arr = cached_images([path], tmp_path / "c.npy", (16, 16))  # identity size: no resampling
+    for channel in range(3):
+        np.testing.assert_array_equal(arr[0, ..., channel], GRADIENT)
+    # Through the real resize: equals resizing the 8-bit picture the same way.
+    expected = np.asarray(
+        Image.fromarray(GRADIENT.astype(np.uint8)).convert("RGB").resize((5, 9), Image.LANCZOS))
+    np.testing.assert_array_equal(load_image(path, (9, 5)), expected)
+
+
+def test_16_bit_rounding_and_full_scale(tmp_path):
+    values = np.array([[0, 128, 129, 385, 65407, 65535]])  # 128/257 -> 0, 129/257 -> 1, ...
+    path = _save_deep(tmp_path / "r.png", values, "I;16")
+    assert load_image(path, (1, 6))[0, :, 0].tolist() == [0, 0, 1, 1, 255, 255]
+
+
+@pytest.mark.parametrize("values, expected", [
+    (GRADIENT, GRADIENT),  # 32-bit container holding 8-bit data: unchanged
+    (GRADIENT * 257, GRADIENT),  # 16-bit data: / 257
+    (GRADIENT * 4112 + 15, (GRADIENT * 4112 + 15) * 255 // (2**20 - 1)),  # 20 bits used
+    (GRADIENT - 100, np.clip(GRADIENT - 100, 0, None)),  # negatives clipped to black
+])
+def test_32_bit_container_uses_the_bits_in_use(tmp_path, values, expected):
+    path = _save_deep(tmp_path / "w.tif", values, "I")
+    out = load_image(path, (16, 16))
+    np.testing.assert_array_equal(out[..., 1], expected)
+
+
+def test_to_rgb_leaves_8_bit_modes_alone(images):
+    with Image.open(images[0]) as img:
+        np.testing.assert_array_equal(np.asarray(cache.to_rgb(img)), np.asarray(img.convert("RGB")))
+    grey = Image.fromarray(GRADIENT.astype(np.uint8))
+    np.testing.assert_array_equal(np.asarray(cache.to_rgb(grey))[..., 2], GRADIENT)
+
+
+# --- temporary files ------------------------------------------------------------------------
+
+
+def _dead_pid():
+    """The id of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _temp(folder, target, host, pid, age_s=0.0):
+    token = secrets.token_hex(8)  # distinct names for the same (target, host, pid)
+    path = folder / f"{target}.{host}.{pid}.{token}.partial"
+    path.write_bytes(b"half an array")
+    if age_s:
+        t = time.time() - age_s
+        os.utime(path, (t, t))
+    return path
+
+
+def test_stale_temporaries_removed_live_and_foreign_ones_kept(images, tmp_path, caplog):
+    cfile = tmp_path / "c.npy"
+    here, dead, old = cache._host(), _dead_pid(), cache.STALE_TEMP_AGE_S + 60
+    stale = [
+        _temp(tmp_path, "c.npy", here, dead),  # killed build on this machine
+        _temp(tmp_path, "c.json", here, dead),  # its manifest temporary
+        _temp(tmp_path, "c.npy", "otherhost", 4242, age_s=old),  # other machine, a day idle
+        _temp(tmp_path, "c.npy", here, os.getpid(), age_s=old),  # pid alive but reused
+    ]
+    legacy = tmp_path / f"c.npy.{dead}.partial"  # name used before host + token were added
+    legacy.write_bytes(b"x")
+    os.utime(legacy, (time.time() - old,) * 2)
+    kept = [
+        _temp(tmp_path, "c.npy", here, os.getpid()),  # a live build of the same cache
+        _temp(tmp_path, "c.npy", "otherhost", 4242),  # a recent build on another machine
+        _temp(tmp_path, "d.npy", here, dead),  # another cache's file: never ours to remove
+        _temp(tmp_path, "xc.npy", here, dead),
+    ]
+    fresh_legacy = tmp_path / f"c.npy.{dead}.partial.keep"  # not the pattern at all
+    fresh_legacy.write_bytes(b"x")
+    with caplog.at_level(logging.INFO, logger="tskd.data.cache"):
+        arr = cached_images(images, cfile, SIZE)
+    assert arr.shape == (5, 24, 12, 3)
+    assert not any(p.exists() for p in [*stale, legacy])
+    assert all(p.exists() for p in [*kept, fresh_legacy])
+    assert caplog.text.count("left by an interrupted cache build") == 5
+    # Only the planted files remain besides the cache: the build's own temporaries are gone.
+    left = {p.name for p in tmp_path.iterdir()} - {"src", "c.npy", "c.json"}
+    assert left == {p.name for p in [*kept, fresh_legacy]}
+
+
+def test_failure_after_decoding_removes_every_temporary(images, tmp_path, monkeypatch):
+    cfile = tmp_path / "c.npy"
+    real_replace = os.replace
+
+    def full_disk(src, dst):
+        if str(dst).endswith(".json"):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(cache.os, "replace", full_disk)
+    with pytest.raises(DatasetError, match="No space left on device.*dataset.cache_dir") as err:
+        cached_images(images, cfile, SIZE)
+    assert str(tmp_path) in str(err.value)
+    assert not list(tmp_path.glob("*.partial")) and not manifest_path(cfile).exists()
+    monkeypatch.undo()
+    arr = cached_images(images, cfile, SIZE)  # the missing manifest forces a clean rebuild
+    np.testing.assert_array_equal(arr[2], _reference(images[2], SIZE))
+
+
+def test_two_builds_of_one_cache_do_not_collide(images, tmp_path, monkeypatch, caplog):
+    """A second build of the same cache starts and finishes while the first is half done."""
+    cfile = tmp_path / "c.npy"
+    real = cache.load_image
+    state = {"calls": 0, "temps_seen": None}
+
+    def interleaved(path, size):
+        state["calls"] += 1
+        if state["calls"] == 3:  # builder A is mid-way: run builder B to the end now
+            first = set(tmp_path.glob("c.npy.*.partial"))
+            inner = cached_images(images, cfile, SIZE)
+            assert inner.shape == (5, 24, 12, 3)
+            state["temps_seen"] = first
+            assert first and all(p.exists() for p in first)  # B left A's temporary alone
+        return real(path, size)
+
+    monkeypatch.setattr(cache, "load_image", interleaved)
+    arr = cached_images(images, cfile, SIZE)
+    assert len(state["temps_seen"]) == 1
+    for i, p in enumerate(images):
+        np.testing.assert_array_equal(arr[i], _reference(p, SIZE))
+    assert not list(tmp_path.glob("*.partial"))
+    monkeypatch.setattr(cache, "load_image", real)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tskd.data.cache"):
+        cached_images(images, cfile, SIZE)
+    assert "reusing cache" in caplog.text

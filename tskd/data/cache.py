@@ -8,7 +8,12 @@ A manifest JSON beside the array (same name, ``.json`` suffix) records the forma
 image size, the file list and a fingerprint of the sources (size + mtime of every file). The cache
 is reused only when all of these match; otherwise it is rebuilt and the reason is logged. The
 array is written to a temporary file and renamed into place, and the manifest is written last,
-so an interrupted build never looks valid.
+so an interrupted build never looks valid. A build removes its own temporaries when it fails,
+and the temporaries that killed builds of the same cache left behind when it starts (see
+:func:`remove_stale_temporaries`).
+
+Images with 16-bit (or wider integer) samples, such as radiometric thermal PNG/TIFF frames, are
+scaled to 8 bits by their range instead of being clipped to white (see :func:`to_rgb`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ import hashlib
 import json
 import logging
 import os
+import re
+import secrets
+import socket
+import time
 from collections.abc import Sequence
 from multiprocessing import Pool
 from pathlib import Path
@@ -38,11 +47,54 @@ STANDARD_FILES = {
 }
 
 
+def _high_depth_to_8bit(img: Image.Image) -> Image.Image:
+    """A 16/32-bit integer greyscale image scaled to 8 bits (mode ``L``) by its real range.
+
+    PIL's own ``convert`` clips such values at 255, so a 16-bit thermal frame turns almost
+    entirely white. Scaling keeps what the sensor recorded:
+
+    * ``I;16*`` modes hold 16-bit samples: full scale is 65535, i.e. divide by 257. The file's
+      container depth is used (not each image's maximum) so every frame of one camera maps the
+      same way and brightness stays comparable between images of one identity.
+    * Mode ``I`` (32-bit signed) is only a container: Pillow uses it for 32-bit TIFFs and
+      for formats that widen 16-bit data, and full 32-bit scale would make real images black.
+      So the depth is the smallest of 8 or 16 bits that holds the image's maximum (then the
+      bits actually used, above 16). Negative values have no meaning for intensities and are
+      clipped to 0.
+    """
+    data = np.asarray(img).astype(np.int64)
+    if img.mode == "I":
+        data = np.clip(data, 0, None)
+        top = int(data.max()) if data.size else 0
+        bits = 8 if top < 1 << 8 else 16 if top < 1 << 16 else top.bit_length()
+    else:
+        bits = 16
+    full = (1 << bits) - 1
+    # Integer rounding: exact for every input (e.g. 257 * k -> k for 16-bit data).
+    scaled = (data * 255 + full // 2) // full
+    return Image.fromarray(scaled.astype(np.uint8))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as an 8-bit RGB image; 16/32-bit greyscale is scaled, not clipped.
+
+    Args:
+        img: Any PIL image (RGB, greyscale, palette, 16-bit thermal, ...).
+
+    Returns:
+        A mode ``RGB`` image of the same size.
+    """
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        img = _high_depth_to_8bit(img)
+    return img.convert("RGB")
+
+
 def load_image(path: str | os.PathLike, size: tuple[int, int] = (288, 144)) -> np.ndarray:
     """Decodes one image the standard way: RGB, PIL LANCZOS resize, no crop.
 
     Args:
-        path: Image file (infrared images are converted to 3-channel RGB too).
+        path: Image file (infrared images are converted to 3-channel RGB too; 16-bit images
+            are scaled to 8 bits by :func:`to_rgb`).
         size: ``(height, width)`` of the result.
 
     Returns:
@@ -55,7 +107,7 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] = (288, 144)) -> n
     try:
         with Image.open(path) as img:
             # PIL sizes are (width, height).
-            out = img.convert("RGB").resize((w, h), Image.LANCZOS)
+            out = to_rgb(img).resize((w, h), Image.LANCZOS)
         return np.asarray(out, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DatasetError(
@@ -114,25 +166,120 @@ def _stale_reason(cache_file: Path, size: tuple[int, int], paths: list[str]) -> 
     return None
 
 
+# Temporaries are named <target>.<host>.<pid>.<random>.partial: unique per build even when two
+# processes (or two calls in one process) build the same cache at once, and self-describing
+# enough for a later build to tell whether the builder that left one behind is gone.
+_TEMP = r"\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{16}\.partial"
+# Names written by format-1 code before this scheme (<target>.<pid>.partial, no host).
+_OLD_TEMP = r"\.(?P<pid>\d+)\.partial"
+STALE_TEMP_AGE_S = 24 * 3600
+
+
+def _host() -> str:
+    """This machine's name, reduced to the characters allowed in a temporary's name."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
+
+
+def _temp_path(target: Path) -> Path:
+    """A fresh temporary beside ``target`` that no other build uses."""
+    return target.with_name(
+        f"{target.name}.{_host()}.{os.getpid()}.{secrets.token_hex(8)}.partial"
+    )
+
+
+def _process_gone(pid: int) -> bool:
+    """True only when no process ``pid`` exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: existence check, nothing is delivered
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):  # PermissionError: it exists but belongs to another user
+        return False
+    return False
+
+
+def _discard(path: Path) -> None:
+    """Removes ``path`` if present; a failure only leaves it for a later build's cleanup."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as err:
+        log.warning("could not remove temporary %s (%s)", path, err)
+
+
+def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
+    """Removes temporaries of ``target`` left by builds that were killed.
+
+    Only names of this module's own pattern for exactly this target are considered, so a build
+    never touches the files of another cache. A temporary is stale when
+
+    * its builder ran on this machine (same host name in the file name) and that process no
+      longer exists, or
+    * it has not been modified for ``STALE_TEMP_AGE_S`` (24 h). This covers builders on other
+      machines sharing the folder (their process ids mean nothing here), reused process ids and
+      temporaries from older versions. A live build writes its temporary continuously and takes
+      minutes, so a day without a write means its builder is dead.
+
+    A temporary of a live build (even of the same target) is therefore never removed.
+
+    Args:
+        target: The cache or manifest file whose temporaries are checked.
+
+    Returns:
+        The removed paths.
+    """
+    target = Path(target)
+    patterns = [re.compile(re.escape(target.name) + p) for p in (_TEMP, _OLD_TEMP)]
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return []
+    host, now, removed = _host(), time.time(), []
+    for entry in entries:
+        match = next((m for p in patterns if (m := p.fullmatch(entry.name))), None)
+        if match is None:
+            continue
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:  # removed meanwhile by another build's cleanup
+            continue
+        owner_host = match.groupdict().get("host")
+        if age > STALE_TEMP_AGE_S or (
+            owner_host == host and _process_gone(int(match.group("pid")))
+        ):
+            path = Path(entry.path)
+            _discard(path)
+            if not path.exists():
+                log.info("removed temporary %s left by an interrupted cache build", path)
+                removed.append(path)
+    return removed
+
+
 def _build(cache_file: Path, size: tuple[int, int], paths: list[str], desc: str,
            num_workers: int) -> None:
-    """Decodes every image into a temp ``.npy`` and renames it to ``cache_file``."""
-    tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.partial")
+    """Decodes every image into a temp ``.npy`` and renames it to ``cache_file``.
+
+    Two builders of the same cache never share a temporary and each rename is atomic, so the
+    last one to finish wins with a complete array and the manifest that describes it.
+    """
     mfile = manifest_path(cache_file)
+    tmp, tmp_manifest = _temp_path(cache_file), _temp_path(mfile)
+    unwritable = (f"cannot write the image cache in {cache_file.parent} ({{}}); set "
+                  "dataset.cache_dir to a writable folder with enough space")
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        # A manifest left from an older build must not vouch for a half-replaced array.
-        mfile.unlink(missing_ok=True)
-        out = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size[0], size[1], 3)
-        )
-    except OSError as err:
-        raise DatasetError(
-            f"cannot write the image cache in {cache_file.parent} ({err}); set dataset.cache_dir "
-            "to a writable folder"
-        ) from err
-    load = functools.partial(load_image, size=size)
-    try:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(cache_file)
+            remove_stale_temporaries(mfile)
+            # A manifest left from an older build must not vouch for a half-replaced array.
+            mfile.unlink(missing_ok=True)
+            out = np.lib.format.open_memmap(
+                tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size[0], size[1], 3)
+            )
+        except OSError as err:
+            raise DatasetError(unwritable.format(err)) from err
+        load = functools.partial(load_image, size=size)
         with tqdm(total=len(paths), desc=desc, unit="img", disable=None) as bar:
             if num_workers > 0:
                 with Pool(num_workers) as pool:
@@ -146,15 +293,19 @@ def _build(cache_file: Path, size: tuple[int, int], paths: list[str], desc: str,
                     bar.update()
         out.flush()
         del out
-        os.replace(tmp, cache_file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    manifest = {"version": FORMAT_VERSION, "size": list(size), "count": len(paths),
-                "fingerprint": fingerprint(paths), "files": paths}
-    tmp_manifest = mfile.with_name(f"{mfile.name}.{os.getpid()}.partial")
-    tmp_manifest.write_text(json.dumps(manifest))
-    os.replace(tmp_manifest, mfile)
+        manifest = {"version": FORMAT_VERSION, "size": list(size), "count": len(paths),
+                    "fingerprint": fingerprint(paths), "files": paths}
+        try:
+            os.replace(tmp, cache_file)
+            tmp_manifest.write_text(json.dumps(manifest))
+            os.replace(tmp_manifest, mfile)
+        except OSError as err:
+            raise DatasetError(unwritable.format(err)) from err
+    finally:
+        # Whatever stopped the build (error, Ctrl-C), its own temporaries go; after the renames
+        # these are no-ops. A kill -9 skips this: the next build's cleanup handles that.
+        _discard(tmp)
+        _discard(tmp_manifest)
 
 
 def cached_images(paths: Sequence[str | os.PathLike], cache_file: str | os.PathLike,
