@@ -176,8 +176,12 @@ STALE_TEMP_AGE_S = 24 * 3600
 
 
 def _host() -> str:
-    """This machine's name, reduced to the characters allowed in a temporary's name."""
-    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32] or "host"
+    """This machine's name, reduced to the characters allowed in a temporary's name.
+
+    Not shortened: two machines whose names share a prefix must not look like one (host names
+    are at most 64 characters, which leaves a file name well under 255).
+    """
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
 
 
 def _temp_path(target: Path) -> Path:
@@ -221,7 +225,9 @@ def remove_stale_temporaries(target: str | os.PathLike) -> list[Path]:
       temporaries from older versions. A live build writes its temporary continuously and takes
       minutes, so a day without a write means its builder is dead.
 
-    A temporary of a live build (even of the same target) is therefore never removed.
+    A temporary of a live build (even of the same target) is therefore never removed, provided
+    that machines sharing the cache folder have distinct host names (containers that share a
+    folder and a host name but not their process ids would look like one machine).
 
     Args:
         target: The cache or manifest file whose temporaries are checked.
