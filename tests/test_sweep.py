@@ -1,25 +1,49 @@
-"""A multirun over RegDB splits ends with summary.json whose numbers are the runs' mean/std."""
+"""The README's sweep command, typed as a user types it, ends with a correct summary.json.
+
+No ``hydra.sweep.dir=`` is passed: the sweep dir comes from configs/hydra/default.yaml, which
+is what broke (``${hydra:runtime.cwd}`` resolved before Hydra sets it). Only the tiny settings
+that make it fast and ``dataset=synthetic_regdb`` (generated, in the RegDB layout) differ from
+``python train.py -m dataset=regdb dataset.root=... dataset.trial=1,2``.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 
 import numpy as np
 import pytest
-from conftest import TINY, run_entry
+import torch
+from conftest import REPO, TINY, run_entry
+
+FAST = [a for a in TINY if not a.startswith("logger=")]
+STAMP = re.compile(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+-[0-9a-f]{4}")  # <time>_<pid>-<random>
+
+
+def _sweep(data_dir, cwd, env, *extra):
+    return run_entry(str(REPO / "train.py"),
+                     ["-m", "dataset=synthetic_regdb", f"dataset.root={data_dir}/synthetic_regdb",
+                      "dataset.trial=1,2", *FAST, "trainer.max_epochs=1", *extra],
+                     cwd=cwd, env={"TSKD_DATA_DIR": str(data_dir), **env})
+
+
+def _only_sweep_dir(multiruns):
+    (sweep,) = multiruns.iterdir()
+    assert STAMP.fullmatch(sweep.name), sweep.name
+    return sweep
 
 
 def test_two_split_multirun_writes_correct_summary(tmp_path, data_dir):
-    sweep = tmp_path / "sweep"
-    args = [a for a in TINY if not a.startswith("logger=")]
-    run_entry("train.py", ["-m", "dataset=synthetic_regdb", "dataset.trial=1,2", *args,
-                           "logger=tensorboard", "trainer.max_epochs=1",
-                           f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"])
+    logs = tmp_path / "logs_elsewhere"
+    _sweep(data_dir, tmp_path, {"TSKD_LOG_DIR": str(logs)}, "logger=tensorboard")
+    sweep = _only_sweep_dir(logs / "train" / "multiruns")
     runs = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in (0, 1)]
     assert [r["trials"][0]["trial"] for r in runs] == [1, 2]
     assert list((sweep / "0" / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((sweep / "summary.json").read_text())
     assert summary["counts"]["ok"] == 2 and summary["counts"]["failed"] == 0
+    assert summary["counts"]["not_run"] == 0 and summary["counts"]["total"] == 2
     (setting,) = summary["settings"]
     by_key = {(r["direction"], r["feature"]): r for r in setting["results"]}
     assert set(by_key) == {(d, f) for d in ("visible2thermal", "thermal2visible")
@@ -33,3 +57,21 @@ def test_two_split_multirun_writes_correct_summary(tmp_path, data_dir):
             assert res["mean"][key] == pytest.approx(np.mean(values))
             assert res["std"][key] == pytest.approx(np.std(values))
     assert "visible2thermal" in (sweep / "summary.txt").read_text()
+
+
+def test_sweep_without_log_dir_variable_lands_in_cwd_logs(tmp_path, data_dir, monkeypatch):
+    # Without TSKD_LOG_DIR the default is <folder the command ran from>/logs.
+    monkeypatch.delenv("TSKD_LOG_DIR", raising=False)
+    cwd = tmp_path / "somewhere"
+    cwd.mkdir()
+    assert "TSKD_LOG_DIR" not in os.environ
+    _sweep(data_dir, cwd, {}, "logger=none")
+    sweep = _only_sweep_dir(cwd / "logs" / "train" / "multiruns")
+    for job in ("0", "1"):
+        assert (sweep / job / "metrics.json").is_file()
+        # the resolved config the checkpoint records: absolute paths from where it ran
+        ckpt = torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)
+        paths = ckpt["hyper_parameters"]["config"]["paths"]
+        assert paths["log_dir"] == f"{cwd}/logs" and paths["data_dir"] == str(data_dir)
+        assert paths["output_dir"] == str(sweep / job)
+    assert json.loads((sweep / "summary.json").read_text())["counts"]["ok"] == 2
