@@ -3,11 +3,13 @@
 Writes metrics.json in the Hydra run dir and prints the results table. See configs/eval.yaml.
 """
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tskd.entry import record_failure
+from tskd.entry import guarded, record_failure
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
@@ -20,4 +22,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    # SIGTERM/Ctrl-C: status.json says "interrupted", exit status 128 + signal.
+    sys.exit(guarded(main))

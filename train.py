@@ -4,10 +4,12 @@ Saves checkpoints/last.ckpt in the Hydra run dir, then runs the full test protoc
 epoch and writes metrics.json. See configs/train.yaml and README.md.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from tskd.entry import record_failure
+from tskd.entry import guarded, record_failure
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -20,4 +22,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    # SIGTERM/Ctrl-C: status.json says "interrupted", exit status 128 + signal.
+    sys.exit(guarded(main))

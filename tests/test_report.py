@@ -73,7 +73,8 @@ def _result(setting, direction):
 
 def test_means_and_population_stds_per_setting_and_direction(sweep):
     summary = summarize_sweep(sweep)
-    assert summary["counts"] == {"ok": 5, "failed": 1, "incomplete": 0, "total": 6}
+    assert summary["counts"] == {"ok": 5, "failed": 1, "incomplete": 0, "interrupted": 0,
+                                 "not_run": 0, "total": 6}
     assert len(summary["settings"]) == 2
     s02 = _setting(summary, "0.02")
     assert s02["overrides"] == ["dataset=regdb", "loss.md_w=0.02"]
@@ -100,7 +101,8 @@ def test_means_and_population_stds_per_setting_and_direction(sweep):
 
 def test_failed_run_is_listed_with_trial_and_error_and_excluded(sweep):
     s05 = _setting(summarize_sweep(sweep), "0.05")
-    assert s05["counts"] == {"ok": 2, "failed": 1, "incomplete": 0}
+    assert s05["counts"] == {"ok": 2, "failed": 1, "incomplete": 0, "interrupted": 0,
+                             "not_run": 0}
     assert s05["failed"] == [{"dir": "5", "trial": 3, "error": NAN_ERROR}]
     text = format_summary(summarize_sweep(sweep))
     assert "FAILED: run 5 (trial 3, dataset=regdb loss.md_w=0.05): NonFiniteLossError" in text
@@ -276,7 +278,8 @@ def test_hydra_sweep_with_raising_job_still_summarised(app_dir):
     assert proc.returncode == 1 and "boom on trial 2" in proc.stderr
     assert (sweep_dir / "2" / "metrics.json").is_file()  # trial 3 ran after the failure
     summary = json.loads((sweep_dir / "summary.json").read_text())
-    assert summary["counts"] == {"ok": 2, "failed": 1, "incomplete": 0, "total": 3}
+    assert summary["counts"] == {"ok": 2, "failed": 1, "incomplete": 0, "interrupted": 0,
+                                 "not_run": 0, "total": 3}
     assert summary["settings"][0]["failed"] == [
         {"dir": "1", "trial": 2, "error": "RuntimeError: boom on trial 2"}]
     assert "FAILED: run 1 (trial 2" in proc.stdout + proc.stderr
@@ -290,7 +293,8 @@ def test_hydra_sweep_killed_mid_way_and_single_run(app_dir):
     proc, sweep_dir = _hydra_sweep(app_dir, "killed_sweep", "1,2,4")
     assert proc.returncode == 3
     summary = json.loads((sweep_dir / "summary.json").read_text())
-    assert summary["counts"] == {"ok": 1, "failed": 1, "incomplete": 0, "total": 2}
+    assert summary["counts"] == {"ok": 1, "failed": 1, "incomplete": 0, "interrupted": 0,
+                                 "not_run": 1, "total": 3}  # job 2 had not started then
     assert main([str(sweep_dir), "--quiet"]) == 0
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert summary["settings"][0]["incomplete"] == [{"dir": "2", "trial": 4, "error": None}]
@@ -298,3 +302,87 @@ def test_hydra_sweep_killed_mid_way_and_single_run(app_dir):
     proc, run_dir = _hydra_sweep(app_dir, "single_run", "1", multirun=False)
     assert proc.returncode == 0, proc.stderr
     assert (run_dir / "metrics.json").is_file() and not (run_dir / "summary.json").exists()
+
+
+def test_interrupted_and_not_run_jobs_are_listed(tmp_path, capsys):
+    root = tmp_path / "stopped"
+    _run(root, "0", ["dataset.trial=1"], _regdb_metrics(1, 80, 70, 78, 60))
+    _run(root, "1", ["dataset.trial=2"], None,
+         {"status": "interrupted", "signal": "SIGTERM", "error": "interrupted by SIGTERM"})
+    # the plan names trial 2 with its overrides in another order: still the same job
+    plan = [["dataset.trial=1"], ["dataset.trial=2"], ["dataset.trial=3"], ["dataset.trial=4"]]
+    (root / "jobs.json").write_text(json.dumps(
+        {"jobs": [{"job": i, "overrides": ovs} for i, ovs in enumerate(plan)]}))
+    summary = summarize_sweep(root)
+    assert summary["counts"] == {"ok": 1, "failed": 0, "incomplete": 0, "interrupted": 1,
+                                 "not_run": 2, "total": 4}
+    (s,) = summary["settings"]
+    assert s["interrupted"] == [{"dir": "1", "trial": 2, "error": "interrupted by SIGTERM"}]
+    assert s["not_run"] == [{"job": 2, "trial": 3}, {"job": 3, "trial": 4}]
+    assert main([str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "INTERRUPTED: run 1 (trial 2, (defaults)): interrupted by SIGTERM" in out
+    assert "NOT RUN: job 2 (trial 3, (defaults))" in out and "NOT RUN: job 3 (trial 4" in out
+    assert "runs: 1 ok, 0 failed, 0 incomplete, 1 interrupted, 2 not run" in out
+    # A plan but no run dir yet (stopped before the first job): every job is "not run".
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "jobs.json").write_text(json.dumps({"jobs": [{"job": 0, "overrides": ["a=1"]}]}))
+    assert summarize_sweep(fresh)["counts"]["not_run"] == 1
+    (fresh / "jobs.json").write_text("[1, 2]")
+    with pytest.raises(DatasetError, match="jobs.json"):
+        summarize_sweep(fresh)
+
+
+STOPPING_APP = '''
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from tskd.entry import guarded, record_failure
+
+
+@hydra.main(version_base="1.3", config_path=".", config_name="config")
+def app(cfg):
+    out = Path(HydraConfig.get().runtime.output_dir)
+    with record_failure(out):
+        if cfg.dataset.trial == 5:
+            os.kill(os.getpid(), getattr(signal, os.environ["STOP_SIGNAL"]))
+            raise AssertionError("the signal did not stop the job")
+        mean = dict.fromkeys(("rank1", "rank5", "rank10", "rank20", "mAP", "mINP"), 50.0)
+        (out / "metrics.json").write_text(json.dumps({"mean": mean}))
+
+
+if __name__ == "__main__":
+    sys.exit(guarded(app))
+'''
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_hydra_sweep_stopped_by_a_signal(tmp_path, sig, code):
+    # A signal during the second of three jobs: exit 128+signal, that job "interrupted" with the
+    # signal's name, the third "not run" in the summary written on the way out.
+    (tmp_path / "app.py").write_text(STOPPING_APP)
+    (tmp_path / "config.yaml").write_text(CONFIG)
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, str(tmp_path / "app.py"), "-m", "dataset.trial=1,5,3",
+                           f"hydra.sweep.dir={sweep_dir}"], capture_output=True, text=True,
+                          env={**ENV, "STOP_SIGNAL": sig}, cwd=tmp_path, timeout=60)
+    assert proc.returncode == code, proc.stderr
+    assert f"interrupted by {sig}; exit status {code}" in proc.stderr
+    status = json.loads((sweep_dir / "1" / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == sig
+    assert not (sweep_dir / "2").exists()
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert summary["counts"] == {"ok": 1, "failed": 0, "incomplete": 0, "interrupted": 1,
+                                 "not_run": 1, "total": 3}
+    (s,) = summary["settings"]
+    assert s["not_run"] == [{"job": 2, "trial": 3}]
+    logged = proc.stdout + proc.stderr  # the closing table, from the atexit hook
+    assert f"INTERRUPTED: run 1 (trial 5, (defaults)): interrupted by {sig}" in logged
+    assert "NOT RUN: job 2 (trial 3, (defaults))" in (sweep_dir / "summary.txt").read_text()

@@ -1,29 +1,145 @@
-"""Run bookkeeping shared by the entry points: a failed run says so in its run dir."""
+"""Run bookkeeping shared by the entry points: a run that stops early says why, and exits non-zero.
+
+``train.py`` and ``eval.py`` end with ``sys.exit(guarded(main))``. :func:`guarded` turns SIGTERM
+and SIGINT (Ctrl-C) into an :class:`Interrupted` exception raised in the main thread, so the run
+stops wherever it is, Lightning finalises its loggers and callbacks, :func:`record_failure`
+writes ``status.json`` ("interrupted", with the signal), a sweep writes its summary (the jobs it
+never started listed as "not run"), and the process exits with ``128 + signal`` (143 for
+SIGTERM, 130 for SIGINT), the shell's convention for "killed by a signal".
+
+Why not Lightning's own handling: during ``fit``/``test`` Lightning replaces the SIGTERM handler
+with one that sets ``trainer.received_sigterm``; its loops then raise ``SIGTERMException``, a
+``SystemExit`` with no code, i.e. exit status 0, and a Hydra sweep treats it as the end of the
+whole sweep. Lightning keeps an existing handler and calls it after its own, so ours still runs.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
+import sys
+import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import tskd.resolvers  # noqa: F401  (registers ${tskd.*} before Hydra composes the config)
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(BaseException):
+    """The process received SIGTERM or SIGINT.
+
+    A ``BaseException`` (as ``KeyboardInterrupt`` is) so no ``except Exception`` on the way out,
+    Hydra's job runner included, mistakes it for a failed job and carries on.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        self.signal_name = signal.Signals(self.signum).name
+        super().__init__(f"interrupted by {self.signal_name}")
+
+    @property
+    def exit_code(self) -> int:
+        """``128 + signal number``: what a shell reports for a process killed by that signal."""
+        return 128 + self.signum
+
+
+_received: list[int] = []
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    _received.append(signum)
+    if len(_received) > 1:
+        # A second signal while the first is being handled: the user wants out now. Fall back
+        # to the default action (terminate) rather than interrupt the clean-up half-way.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """Makes SIGTERM and SIGINT raise :class:`Interrupted` in the main thread."""
+    _received.clear()
+    for sig in HANDLED_SIGNALS:
+        signal.signal(sig, _on_signal)
+
+
+def interruption(exc: BaseException) -> tuple[str, int] | None:
+    """``(signal name, exit code)`` when ``exc`` means the run was stopped by a signal.
+
+    Besides :class:`Interrupted` this recognises what happens without our handlers (a library
+    caller of :func:`tskd.run.train`): ``KeyboardInterrupt`` and Lightning's ``SIGTERMException``.
+    Lightning turns Ctrl-C into ``sys.exit(1)``; that is only recognisable with our handlers.
+    """
+    if isinstance(exc, Interrupted):
+        return exc.signal_name, exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return "SIGINT", 128 + signal.SIGINT
+    lightning = sys.modules.get("pytorch_lightning.utilities.exceptions")
+    if lightning is not None and isinstance(exc, lightning.SIGTERMException):
+        return "SIGTERM", 128 + signal.SIGTERM
+    return None
+
+
+def guarded(main: Callable[[], Any]) -> int:
+    """Runs a Hydra ``main`` with the signal handlers installed; returns the exit status.
+
+    0 when ``main`` returns, ``128 + signal`` when a signal stopped it. Errors propagate (Hydra
+    has already printed them and exits 1 itself).
+    """
+    install_signal_handlers()
+    try:
+        main()
+    except BaseException as e:
+        stopped = interruption(e)
+        if stopped is None:
+            raise
+        name, code = stopped
+        sys.stderr.write(f"{Path(sys.argv[0]).name}: interrupted by {name}; exit status {code} "
+                         "(status.json in the run dir says \"interrupted\").\n")
+        return code
+    return 0
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    # Two DDP ranks may both record an interruption in the shared run dir: rename, never a mix.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(obj, indent=2) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager
 def record_failure(run_dir: str | Path) -> Iterator[None]:
-    """Write ``status.json`` = failed (with the error) if the body raises, then re-raise.
+    """Write ``status.json`` if the body raises, then re-raise.
 
-    A sweep summary reads it to report the run as failed instead of dropping it.
+    ``{"status": "interrupted", "signal": "SIGTERM", ...}`` when a signal stopped the run (see
+    :func:`interruption`), ``{"status": "failed", "error": ...}`` for anything else. A sweep
+    summary reads it to report the run as such instead of dropping it.
     """
     try:
         yield
     except BaseException as e:
         out = Path(run_dir)
         out.mkdir(parents=True, exist_ok=True)
-        status = {
-            "status": "failed",
-            "error": f"{type(e).__name__}: {e}".splitlines()[0][:2000],
-            "traceback": traceback.format_exc()[-20000:],
-        }
-        (out / "status.json").write_text(json.dumps(status, indent=2))
+        stopped = interruption(e)
+        if stopped is not None:
+            status = {"status": "interrupted", "signal": stopped[0],
+                      "error": f"interrupted by {stopped[0]}"}
+        else:
+            status = {"status": "failed",
+                      "error": f"{type(e).__name__}: {e}".splitlines()[0][:2000]}
+        status["traceback"] = traceback.format_exc()[-20000:]
+        _write_json_atomic(out / "status.json", status)
         raise

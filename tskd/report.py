@@ -1,11 +1,13 @@
 """Sweep summary: one table and ``summary.json`` over the runs of a Hydra multirun.
 
 A sweep dir holds one run dir per job (any dir with ``.hydra/overrides.yaml``). A run is "ok"
-when it wrote ``metrics.json``, "failed" when it wrote ``status.json`` with status "failed",
-and "incomplete" otherwise (still running or cut off). Runs are grouped into settings by their
-overrides minus the trial axis (``group_out``); for every (mode/direction, feature) result the
-summary holds the mean and the population std (ddof=0) over runs of each run's mean metrics.
-Failed and incomplete runs are listed per setting, never dropped.
+when it wrote ``metrics.json``, "failed" or "interrupted" when its ``status.json`` says so (a
+crash; SIGTERM or Ctrl-C), and "incomplete" otherwise (still running, or killed outright). A job
+the sweep planned (``jobs.json``, written when the sweep starts) that has no run dir is "not
+run": the sweep had not reached it yet, or was stopped first. Runs are grouped into settings by
+their overrides minus the trial axis (``group_out``); for every (mode/direction, feature) result
+the summary holds the mean and the population std (ddof=0) over runs of each run's mean
+metrics. Runs that did not finish are listed per setting with their status, never dropped.
 
 ``python -m tskd.report SWEEP_DIR [--quiet]`` rebuilds the summary at any time;
 ``SweepSummaryCallback`` does it from inside the sweep (registered in ``configs/hydra``).
@@ -22,6 +24,7 @@ import re
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,8 @@ METRICS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 HEADERS = ("R1", "R5", "R10", "R20", "mAP", "mINP")
 MAX_DEPTH = 4  # run dirs are found this many levels below the sweep dir at most
 RESULT_KEYS = ("dataset", "mode", "direction", "feature")
+STATUSES = ("ok", "failed", "incomplete", "interrupted", "not_run")
+PLAN_FILE = "jobs.json"  # the jobs a sweep was asked to run, written by SweepSummaryCallback
 
 
 def _natural_key(text: str) -> list:
@@ -91,19 +96,20 @@ def _read_run(run_dir: Path, root: Path) -> dict:
     rec = {"dir": run_dir.relative_to(root).as_posix() or ".", "overrides": overrides,
            "status": "incomplete", "error": None, "metrics": None}
     met_file, st_file = run_dir / "metrics.json", run_dir / "status.json"
-    failed = None  # the error message when status.json records a failure
+    stopped = None  # ("failed" | "interrupted", message) when status.json records either
     if st_file.is_file():
         try:
             st = json.loads(st_file.read_text())
         except (OSError, ValueError) as e:
             st = {"status": "failed", "error": f"unreadable status.json: {e}"}
-        if isinstance(st, dict) and st.get("status") == "failed":
-            failed = str(st.get("error") or "failed (no error message in status.json)")
-    # A failure newer than metrics.json (crash after the test) wins; metrics newer than the
-    # failure means the run was resumed and finished.
-    if failed is not None and not (met_file.is_file()
-                                   and met_file.stat().st_mtime > st_file.stat().st_mtime):
-        rec.update(status="failed", error=failed)
+        kind = st.get("status") if isinstance(st, dict) else None
+        if kind in ("failed", "interrupted"):
+            stopped = (kind, str(st.get("error") or f"{kind} (no message in status.json)"))
+    # A stop newer than metrics.json (crash after the test) wins; metrics newer than the stop
+    # means the run was resumed and finished.
+    if stopped is not None and not (met_file.is_file()
+                                    and met_file.stat().st_mtime > st_file.stat().st_mtime):
+        rec.update(status=stopped[0], error=stopped[1])
     elif met_file.is_file():
         try:
             metrics = json.loads(met_file.read_text())
@@ -114,25 +120,73 @@ def _read_run(run_dir: Path, root: Path) -> dict:
     return rec
 
 
+def _runs(root: Path) -> list[dict]:
+    if not root.is_dir():
+        raise DatasetError(f"sweep dir {root} does not exist; pass the dir of a "
+                           "`python train.py -m ...` sweep")
+    return [_read_run(d, root) for d in _find_run_dirs(root)]
+
+
+def _no_runs(root: Path) -> DatasetError:
+    return DatasetError(f"no run dirs (with .hydra/overrides.yaml) found in {root}; pass the "
+                        "sweep dir itself, not a run dir's parent or a single run dir's files")
+
+
 def collect_runs(sweep_dir: str | os.PathLike) -> list[dict]:
     """Reads every run dir below ``sweep_dir``.
 
     Returns:
         Run records ``{"dir", "overrides", "status", "error", "metrics"}`` in job order; status
-        is "ok", "failed" or "incomplete".
+        is "ok", "failed", "interrupted" or "incomplete".
 
     Raises:
         DatasetError: the dir is missing, holds no run dirs, or has a malformed overrides.yaml.
     """
     root = Path(sweep_dir)
-    if not root.is_dir():
-        raise DatasetError(f"sweep dir {root} does not exist; pass the dir of a "
-                           "`python train.py -m ...` sweep")
-    runs = [_read_run(d, root) for d in _find_run_dirs(root)]
+    runs = _runs(root)
     if not runs:
-        raise DatasetError(f"no run dirs (with .hydra/overrides.yaml) found in {root}; pass the "
-                           "sweep dir itself, not a run dir's parent or a single run dir's files")
+        raise _no_runs(root)
     return runs
+
+
+def read_plan(sweep_dir: str | os.PathLike) -> list[dict] | None:
+    """The jobs the sweep was asked to run (``jobs.json``): ``[{"job", "overrides"}]``.
+
+    None when the sweep dir has no plan (a sweep started before plans were written, or by a
+    sweeper other than Hydra's basic one, whose jobs are not known in advance).
+
+    Raises:
+        DatasetError: ``jobs.json`` exists but is not such a list.
+    """
+    path = Path(sweep_dir) / PLAN_FILE
+    if not path.is_file():
+        return None
+    try:
+        jobs = json.loads(path.read_text()).get("jobs")
+    except (OSError, ValueError, AttributeError) as e:
+        raise DatasetError(f"cannot read {path} ({e}); delete it to summarise without the "
+                           "list of planned jobs") from e
+    if not isinstance(jobs, list) or not all(
+            isinstance(j, dict) and isinstance(j.get("overrides"), list) for j in jobs):
+        raise DatasetError(f"{path} is not a list of planned jobs; delete it to summarise "
+                           "without the list of planned jobs")
+    return jobs
+
+
+def _not_run(runs: list[dict], plan: list[dict]) -> list[dict]:
+    # A planned job ran when some run dir has the same overrides (in any order); a sweep may
+    # repeat a job, so each run dir accounts for one planned job only.
+    ran = Counter(tuple(sorted(r["overrides"])) for r in runs)
+    missing = []
+    for i, job in enumerate(plan):
+        key = tuple(sorted(str(o) for o in job["overrides"]))
+        if ran[key] > 0:
+            ran[key] -= 1
+        else:
+            missing.append({"dir": None, "job": job.get("job", i),
+                            "overrides": [str(o) for o in job["overrides"]],
+                            "status": "not_run", "error": None, "metrics": None})
+    return missing
 
 
 def _trial(overrides: list[str], group_out: tuple[str, ...]) -> Any:
@@ -150,20 +204,29 @@ def summarize_sweep(sweep_dir: str | os.PathLike,
         group_out: override keys that form the trial axis; all other overrides form a setting.
 
     Returns:
-        A JSON-serialisable dict: ``counts`` (ok/failed/incomplete/total) and ``settings``, each
-        with its ``overrides``, ``counts``, ``results`` (per dataset/mode/direction/feature: ``n``,
-        ``trials``, ``runs``, ``mean`` and population std ``std`` (ddof=0) over runs of each
-        run's mean metrics) and the ``failed``/``incomplete`` runs with dir, trial and error.
+        A JSON-serialisable dict: ``counts`` (one per status in ``STATUSES``, and ``total``) and
+        ``settings``, each with its ``overrides``, ``counts``, ``results`` (per
+        dataset/mode/direction/feature: ``n``, ``trials``, ``runs``, ``mean`` and population std
+        ``std`` (ddof=0) over runs of each run's mean metrics), the ``failed``/``interrupted``/
+        ``incomplete`` runs with dir, trial and error, and the ``not_run`` jobs with job number
+        and trial.
     """
-    runs = collect_runs(sweep_dir)
+    root = Path(sweep_dir)
+    runs, plan = _runs(root), read_plan(root)
+    if not runs and not plan:
+        raise _no_runs(root)
+    runs += _not_run(runs, plan or [])
     settings: dict[tuple, dict] = {}
     for run in runs:
         ovs = sorted(o for o in run["overrides"] if _split(o)[0] not in group_out)
         s = settings.setdefault(tuple(ovs), {
-            "overrides": ovs, "counts": {"ok": 0, "failed": 0, "incomplete": 0},
-            "results": {}, "failed": [], "incomplete": []})
+            "overrides": ovs, "counts": dict.fromkeys(STATUSES, 0), "results": {},
+            **{k: [] for k in STATUSES if k != "ok"}})
         s["counts"][run["status"]] += 1
         trial = _trial(run["overrides"], group_out)
+        if run["status"] == "not_run":
+            s["not_run"].append({"job": run["job"], "trial": trial})
+            continue
         if run["status"] != "ok":
             s[run["status"]].append({"dir": run["dir"], "trial": trial, "error": run["error"]})
             continue
@@ -181,14 +244,14 @@ def summarize_sweep(sweep_dir: str | os.PathLike,
             agg["mean"] = {m: statistics.fmean(v[m] for v in vals) for m in METRICS}
             agg["std"] = {m: statistics.pstdev([float(v[m]) for v in vals]) for m in METRICS}
         s["results"] = list(s["results"].values())
-    counts = {k: sum(r["status"] == k for r in runs) for k in ("ok", "failed", "incomplete")}
+    counts = {k: sum(r["status"] == k for r in runs) for k in STATUSES}
     return {"sweep_dir": str(sweep_dir), "group_out": list(group_out),
             "std": "population std (ddof=0) over runs", "counts": {**counts, "total": len(runs)},
             "settings": list(settings.values())}
 
 
 def format_summary(summary: dict) -> str:
-    """Renders a summary as an aligned text table plus one line per failed/incomplete run."""
+    """Renders a summary as an aligned text table plus one line per run that did not finish."""
     head = ("setting", "result", "n", *HEADERS)
     rows, notes = [], []
     for s in summary["settings"]:
@@ -199,16 +262,20 @@ def format_summary(summary: dict) -> str:
                          *(f"{r['mean'][m]:.2f}±{r['std'][m]:.2f}" for m in METRICS)))
         if not s["results"]:
             rows.append((label, "(no finished run)", "0", *("-" for _ in METRICS)))
-        for kind in ("failed", "incomplete"):
-            for f in s[kind]:
+        for kind in ("failed", "interrupted", "incomplete"):
+            for f in s.get(kind, []):
                 why = f": {f['error']}" if f.get("error") else ""
                 notes.append(f"{kind.upper()}: run {f['dir']} (trial {f['trial']}, {label}){why}")
+        for f in s.get("not_run", []):
+            notes.append(f"NOT RUN: job {f['job']} (trial {f['trial']}, {label})")
     widths = [max(len(r[i]) for r in (head, *rows)) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w)
                        for i, (c, w) in enumerate(zip(row, widths))).rstrip()
              for row in (head, *rows)]
     lines.insert(1, "-" * len(lines[0]))
-    tail = "runs: {ok} ok, {failed} failed, {incomplete} incomplete".format(**summary["counts"])
+    counts = {k: 0 for k in STATUSES} | summary["counts"]
+    tail = ("runs: {ok} ok, {failed} failed, {incomplete} incomplete, {interrupted} interrupted, "
+            "{not_run} not run").format(**counts)
     return "\n".join([*lines, *notes, tail]) + "\n"
 
 
@@ -250,20 +317,58 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def plan_jobs(config: DictConfig) -> list[dict] | None:
+    """The jobs Hydra's basic sweeper will run for this multirun config, in job order.
+
+    Expands the command line's sweep overrides (and ``hydra.sweeper.params``) exactly as
+    ``BasicSweeper.sweep`` does. None for another sweeper (an optimiser picks its jobs as it
+    goes) or overrides this cannot expand without Hydra's config loader (``glob(...)`` over a
+    config group).
+    """
+    if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    args = [f"{k}={v}" for k, v in params.items()]
+    args += OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    try:
+        overrides = OverridesParser.create().parse_overrides(args)
+        (jobs,) = BasicSweeper.split_arguments(overrides, None)  # one batch: all jobs
+    except Exception as e:  # a summary without "not run" rows beats a sweep that will not start
+        log.warning("sweep summary will not list jobs that never ran: cannot expand %s (%s)",
+                    args, e)
+        return None
+    return [{"job": i, "overrides": list(job)} for i, job in enumerate(jobs)]
+
+
 class SweepSummaryCallback(Callback):
     """Hydra callback that keeps ``summary.json``/``summary.txt`` of a multirun up to date.
 
-    The files are rewritten after every job, so a sweep killed mid-way still has them. Hydra
-    skips ``on_multirun_end`` when a job raised, so the closing table is also logged from an
-    ``atexit`` hook set in ``on_multirun_start``; whichever comes first does it, once.
+    At the start it writes ``jobs.json``, the jobs the sweep will run, so that a summary lists
+    the ones that never ran (the sweep was interrupted) as "not run". The files are rewritten
+    after every job, so a sweep killed mid-way still has them. Hydra skips ``on_multirun_end``
+    when a job raised (or SIGTERM/Ctrl-C stopped it, see :mod:`tskd.entry`), so the closing
+    table is also logged from an ``atexit`` hook set in ``on_multirun_start``; whichever comes
+    first does it, once.
     """
 
     def __init__(self) -> None:
         self._sweep_dir: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._sweep_dir = str(config.hydra.sweep.dir)
+        # Absolute now: a job with hydra.job.chdir=true changes the working dir under us.
+        sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        self._sweep_dir = str(sweep_dir)
         atexit.register(self._final)
+        jobs = plan_jobs(config)
+        if jobs is not None:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            _write_atomic(sweep_dir / PLAN_FILE, json.dumps({"jobs": jobs}, indent=1) + "\n")
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN:
@@ -275,12 +380,11 @@ class SweepSummaryCallback(Callback):
             msg = " ".join(f"{type(err).__name__}: {err}".split())
             _write_atomic(status, json.dumps({"status": "failed", "error": msg}) + "\n")
         try:
-            write_summary(config.hydra.sweep.dir)
+            write_summary(self._sweep_dir or config.hydra.sweep.dir)
         except (DatasetError, OSError) as e:
             log.warning("sweep summary not updated: %s", e)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._sweep_dir = str(config.hydra.sweep.dir)
         self._final()
 
     def _final(self) -> None:
