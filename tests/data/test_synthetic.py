@@ -1,6 +1,8 @@
-"""Synthetic dataset: determinism, the real layouts' quirks, counts, speed and the marker logic."""
+"""Synthetic dataset: determinism, the real layouts' quirks, counts, speed, the marker logic and
+concurrent runs."""
 
 import json
+import multiprocessing
 import os
 import time
 
@@ -8,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tskd.data import regdb, synthetic, sysu
+from tskd.data import llcm, regdb, synthetic, sysu
 from tskd.errors import DatasetError
 
 SMALL_SYSU = dict(num_train=6, num_val=2, num_test=9, images_per_cam=2, size=(32, 16))
@@ -179,3 +181,143 @@ def test_bad_parameters(tmp_path):
     with pytest.raises(DatasetError, match="num_ids must be even"):
         synthetic.make_regdb(tmp_path, num_ids=7)
     assert not any(tmp_path.iterdir())  # nothing written for bad parameters
+
+
+SMALL_LLCM = dict(num_train=5, num_test=4, images_per_cam=2, size=(32, 16))
+
+
+def test_llcm_layout_loads(tmp_path):
+    root = synthetic.ensure_synthetic(tmp_path / "llcm", "llcm", seed=2, **SMALL_LLCM)
+    visible, infrared = llcm.train_set(root)
+    assert sorted({r[1] for r in visible}) == list(range(5)) == sorted({r[1] for r in infrared})
+    assert {r[2] for r in infrared} <= set(llcm.INFRARED_CAMS)  # read from the cam<k> folders
+    test = llcm.read_test_ids(root)
+    assert len(test) == 4 and not (tmp_path / "llcm" / "test_nir" / "cam3").exists()
+    for setting in llcm.SETTINGS:
+        query, gallery = llcm.query_set(root, setting, 1), llcm.gallery_set(root, setting, 1)
+        assert {r[1] for r in query} == {r[1] for r in gallery} == set(test)
+    vis, nir = llcm.all_test_images(root, "visible"), llcm.all_test_images(root, "infrared")
+    assert len(vis) % 2 == 0 and len(nir) % 2 == 0  # images_per_cam each
+    assert len(llcm.sampled_images(root, "visible", 0)) == len(vis) // 2
+    # Some id is seen by one camera number in both modalities: the camera rule has work to do.
+    shared = {(r[1], r[2]) for r in vis} & {(r[1], r[2]) for r in nir}
+    assert shared
+    with open(tmp_path / "llcm" / "idx" / "train_nir.txt") as fh:
+        assert fh.readline().startswith("train_nir/cam")
+    # Same parameters again: nothing regenerated; another layout in the folder replaces it.
+    stamp = os.stat(vis[0][0]).st_mtime_ns
+    synthetic.ensure_synthetic(root, "llcm", seed=2, **SMALL_LLCM)
+    assert os.stat(vis[0][0]).st_mtime_ns == stamp
+    synthetic.ensure_synthetic(root, "regdb", **SMALL_REGDB)
+    assert not (tmp_path / "llcm" / "test_vis").exists() and len(regdb.listed_paths(root)) == 32
+
+
+# ------------------------------------------------------------------------- concurrency
+def _worker(root, role, events, results):
+    """One process asking for the synthetic LLCM tree (run under the spawn start method)."""
+    import logging
+
+    calls = []
+    prepare = synthetic._prepare
+
+    def counted_prepare(*args, **kw):  # generation starts here (and deletes old trees)
+        calls.append(1)
+        return prepare(*args, **kw)
+
+    synthetic._prepare = counted_prepare
+    if role == "first":  # pause inside generation, after the first image
+        render = synthetic._render
+
+        def paused_render(*args, **kw):
+            if not events["started"].is_set():
+                events["started"].set()
+                events["release"].wait(120)
+            return render(*args, **kw)
+
+        synthetic._render = paused_render
+    elif role == "second":  # report when it finds the lock held and starts waiting
+
+        class Waiting(logging.Handler):
+            def emit(self, record):
+                if "waiting" in record.getMessage():
+                    events["waiting"].set()
+
+        synthetic.log.addHandler(Waiting())
+        synthetic.log.setLevel(logging.INFO)
+    else:  # "together": start with the others
+        events["barrier"].wait(120)
+    try:
+        synthetic.ensure_synthetic(root, "llcm", seed=4, **SMALL_LLCM)
+        results.put((role, len(calls), None))
+    except Exception as err:  # reported to the test, which fails with it
+        results.put((role, len(calls), repr(err)))
+
+
+def _files_and_bytes(root):
+    return {f: _bytes(root, f) for f in _files(root)
+            if not f.startswith(".tskd_synthetic")}
+
+
+def test_second_process_waits_for_the_first_instead_of_deleting_its_tree(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    events = {name: ctx.Event() for name in ("started", "release", "waiting")}
+    results = ctx.Queue()
+    root = str(tmp_path / "shared")
+    first = ctx.Process(target=_worker, args=(root, "first", events, results))
+    first.start()
+    try:
+        assert events["started"].wait(120), "the first process never started generating"
+        second = ctx.Process(target=_worker, args=(root, "second", events, results))
+        second.start()
+        # The second finds the tree marked incomplete while the first is still writing: it must
+        # wait on the lock (before the fix it deleted the first one's folders here).
+        assert events["waiting"].wait(120), "the second process did not wait for the first"
+    finally:
+        events["release"].set()
+    outcome = {}
+    for _ in range(2):
+        role, generated, error = results.get(timeout=300)
+        outcome[role] = (generated, error)
+    first.join(60)
+    second.join(60)
+    assert outcome == {"first": (1, None), "second": (0, None)}  # one generator, one user
+    assert first.exitcode == 0 and second.exitcode == 0
+    reference = synthetic.make_llcm(tmp_path / "alone", seed=4, **SMALL_LLCM)
+    assert _files_and_bytes(root) == _files_and_bytes(reference)
+    assert json.loads((tmp_path / "shared" / synthetic.MARKER).read_text())["complete"] is True
+
+
+def test_processes_started_together_generate_once(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    events = {"barrier": ctx.Barrier(3)}
+    results = ctx.Queue()
+    root = str(tmp_path / "shared")
+    procs = [ctx.Process(target=_worker, args=(root, "together", events, results))
+             for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    outcome = [results.get(timeout=300) for _ in procs]
+    for proc in procs:
+        proc.join(60)
+    assert [error for _, _, error in outcome] == [None] * 3
+    assert sorted(generated for _, generated, _ in outcome) == [0, 0, 1]
+    assert llcm.train_set(root)[0]  # a complete, readable tree
+    reference = synthetic.make_llcm(tmp_path / "alone", seed=4, **SMALL_LLCM)
+    assert _files_and_bytes(root) == _files_and_bytes(reference)
+
+
+def test_a_dead_generator_leaves_no_lock_behind(tmp_path):
+    # The lock is the OS's: a run killed mid-generation (incomplete marker) does not block the
+    # next one, which rebuilds the tree.
+    ctx = multiprocessing.get_context("spawn")
+    events = {name: ctx.Event() for name in ("started", "release")}
+    root, results = str(tmp_path / "shared"), ctx.Queue()  # kept alive until the child reads it
+    first = ctx.Process(target=_worker, args=(root, "first", events, results))
+    first.start()
+    assert events["started"].wait(120)
+    first.kill()
+    first.join(60)
+    assert json.loads((tmp_path / "shared" / synthetic.MARKER).read_text())["complete"] is False
+    synthetic.ensure_synthetic(root, "llcm", seed=4, **SMALL_LLCM)
+    reference = synthetic.make_llcm(tmp_path / "alone", seed=4, **SMALL_LLCM)
+    assert _files_and_bytes(root) == _files_and_bytes(reference)

@@ -1,31 +1,36 @@
-"""A small procedural visible/infrared person dataset written in the real SYSU-MM01/RegDB layouts.
+"""A small procedural visible/infrared person dataset in the real SYSU-MM01/RegDB/LLCM layouts.
 
 Why it exists: the real datasets need a licence and gigabytes, but the loading code, the test
 protocol, training and evaluation should run end to end on any machine (CI, a laptop, the demo
 ``python train.py experiment=synthetic``). The folders use exactly the real layouts, so
-``tskd.data.sysu`` / ``tskd.data.regdb`` read them unchanged, and a model can genuinely learn on
-them: each identity is a person-like figure whose identity lives in geometry and pattern
-(height, head size, hair length, shoulder/waist width, sleeve length, torso pattern type and
-stripe count, bag and its side, trousers/shorts/striped legs), shared by both renderings.
-Visible images use identity-specific, moderately saturated clothing hues (whose luminance
-follows the infrared material, so the modalities can be tied together quickly) under a fixed
-per-camera tint/gain and per-image illumination jitter. Infrared images are single-intensity
+``tskd.data.sysu`` / ``tskd.data.regdb`` / ``tskd.data.llcm`` read them unchanged, and a model
+can genuinely learn on them: each identity is a person-like figure whose identity lives in
+geometry and pattern (height, head size, hair length, shoulder/waist width, sleeve length, torso
+pattern type and stripe count, bag and its side, trousers/shorts/striped legs), shared by both
+renderings. Visible images use identity-specific, moderately saturated clothing hues (whose
+luminance follows the infrared material, so the modalities can be tied together quickly) under a
+fixed per-camera tint/gain and per-image illumination jitter. Infrared images are single-intensity
 (stored as RGB, R=G=B): each part's intensity is its "material" (skin warm, hair and bags cool,
 clothing a per-identity value), not the grey of the visible colours, blurred like a thermal
 sensor. Per image: random translation, scale, leg stance, background clutter and noise.
 
 All randomness comes from ``numpy.random.default_rng(seed)``: same arguments, identical files.
-Defaults: about 1,300 SYSU or 480 RegDB images in a few seconds. The marker file
+Defaults: about 1,300 SYSU, 480 RegDB or 550 LLCM images in a few seconds. The marker file
 ``.tskd_synthetic.json`` records the parameters; :func:`ensure_synthetic` regenerates on change.
+Generation holds an exclusive lock on ``.tskd_synthetic.lock`` in the folder, so concurrent
+runs (DDP ranks, two jobs started together) never delete a tree another one is writing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
 import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +38,22 @@ from PIL import Image
 
 from tskd.errors import DatasetError
 
+try:  # POSIX; the lock is released by the OS when its holder exits, even when killed
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+    import msvcrt
+
 log = logging.getLogger(__name__)
 
 MARKER = ".tskd_synthetic.json"
+LOCK = ".tskd_synthetic.lock"
 _VERSION = 5
 _LAYOUT_DIRS = {"sysu": tuple(f"cam{c}" for c in range(1, 7)) + ("exp",),
-                "regdb": ("Visible", "Thermal", "idx")}
+                "regdb": ("Visible", "Thermal", "idx"),
+                "llcm": ("idx", "test_vis", "test_nir", "train_vis", "train_nir")}
+_LLCM_VIS_CAMS = tuple(range(1, 10))
+_LLCM_NIR_CAMS = (1, 2, 4, 5, 6, 7, 8, 9)  # as the real test set: no infrared camera 3
 # Part labels of the figure map: 0 background, 1 skin, 2 hair, 3 upper clothing,
 # 4 upper pattern, 5 lower clothing, 6 lower texture, 7 bag, 8 shoes.
 
@@ -177,12 +192,82 @@ def _read_marker(path: Path):
         return None
 
 
+_held = threading.local()  # lock files this thread holds (the lock is re-entrant per thread)
+
+
+def _acquire(fd: int) -> bool:
+    """Try to lock ``fd`` exclusively without waiting; True when locked."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:  # pragma: no cover - Windows
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _generation_lock(root: str | os.PathLike):
+    """Hold ``root/.tskd_synthetic.lock`` exclusively: one generator per folder at a time.
+
+    Why: several processes (DDP ranks, two runs started together) may ask for the same synthetic
+    folder at once; without this, a second one took the first one's "incomplete" marker for an
+    interrupted run and deleted the tree being written. Others wait here, then find the finished
+    tree. The OS drops the lock when its holder dies, so a crashed run never blocks the next one,
+    and the file itself is never deleted (deleting a lock file lets two processes lock two
+    different files).
+    """
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(path / LOCK)
+    held = getattr(_held, "paths", None)
+    if held is None:
+        held = _held.paths = set()
+    if key in held:  # ensure_synthetic -> make_*: this thread already holds it
+        yield
+        return
+    fd = os.open(key, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if not _acquire(fd):
+            owner = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            log.info("synthetic data at %s is being generated by %s; waiting for it", path, owner)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:  # pragma: no cover - Windows
+                while not _acquire(fd):
+                    time.sleep(0.5)
+        os.ftruncate(fd, 0)  # who holds it, for the message above
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"pid {os.getpid()}".encode())
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            else:  # pragma: no cover - Windows
+                os.lseek(fd, 0, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    finally:
+        os.close(fd)
+
+
 def _prepare(root: str | os.PathLike, layout: str, params: dict) -> Path:
-    """Remove an earlier synthetic tree at ``root`` and mark generation as in progress."""
+    """Remove an earlier synthetic tree at ``root`` and mark generation as in progress.
+
+    Call with :func:`_generation_lock` held: then no other process is writing here, and a marker
+    left incomplete belongs to a run that died, so its folders can go.
+    """
     path = Path(root)
     if (path / MARKER).is_file():  # ours: remove what the earlier run generated
         old = _read_marker(path)
         old_layout = old.get("layout") if isinstance(old, dict) else None
+        # Marked incomplete before anything is removed: the tree never looks finished while
+        # it is half gone.
+        (path / MARKER).write_text(json.dumps({**params, "complete": False}))
         for name in _LAYOUT_DIRS.get(old_layout, ()) + _LAYOUT_DIRS[layout]:
             shutil.rmtree(path / name, ignore_errors=True)
     clash = [n for n in _LAYOUT_DIRS[layout] if (path / n).exists()]
@@ -207,42 +292,44 @@ def make_sysu(root, seed=0, num_train=40, num_val=8, num_test=24, images_per_cam
     """
     params = _params("sysu", make_sysu, root, seed=seed, num_train=num_train, num_val=num_val,
                      num_test=num_test, images_per_cam=images_per_cam, size=size)
-    path = _prepare(root, "sysu", params)
-    rng = np.random.default_rng(seed)
-    total = num_train + num_val + num_test  # ids 3i+1 or 3i+2: gaps >= 2, never contiguous
-    perm = [int(i) for i in rng.permutation(3 * np.arange(total) + 1 + rng.integers(0, 2, total))]
-    splits = {"train": sorted(perm[:num_train]), "val": sorted(perm[num_train:-num_test]),
-              "test": sorted(perm[-num_test:])}
-    for name in _LAYOUT_DIRS["sysu"]:  # every camera folder exists, even if left unused
-        (path / name).mkdir()
-    for name, ids in splits.items():
-        (path / "exp" / f"{name}_id.txt").write_text(",".join(map(str, ids)) + "\n")
-    lights = {c: _light(rng, c in (3, 6)) for c in range(1, 7)}
+    with _generation_lock(root):
+        path = _prepare(root, "sysu", params)
+        rng = np.random.default_rng(seed)
+        total = num_train + num_val + num_test  # ids 3i+1 or 3i+2: gaps >= 2, never contiguous
+        perm = [int(i) for i in
+                rng.permutation(3 * np.arange(total) + 1 + rng.integers(0, 2, total))]
+        splits = {"train": sorted(perm[:num_train]), "val": sorted(perm[num_train:-num_test]),
+                  "test": sorted(perm[-num_test:])}
+        for name in _LAYOUT_DIRS["sysu"]:  # every camera folder exists, even if left unused
+            (path / name).mkdir()
+        for name, ids in splits.items():
+            (path / "exp" / f"{name}_id.txt").write_text(",".join(map(str, ids)) + "\n")
+        lights = {c: _light(rng, c in (3, 6)) for c in range(1, 7)}
 
-    def pick(cams, p):  # each camera kept with probability p, at least one kept
-        kept = [c for c in cams if rng.random() < p]
-        return kept or [cams[int(rng.integers(len(cams)))]]
+        def pick(cams, p):  # each camera kept with probability p, at least one kept
+            kept = [c for c in cams if rng.random() < p]
+            return kept or [cams[int(rng.integers(len(cams)))]]
 
-    for pid in sorted(perm):
-        ident = _identity(rng)
-        if pid in splits["train"]:
-            cams = pick((1, 2, 4, 5), 0.8) + pick((3, 6), 0.8)
-        elif pid in splits["val"]:
-            cams = pick((4, 5), 0.85) + pick((3, 6), 0.85)
-        elif splits["test"].index(pid) % 8 == 7:
-            cams = pick((4, 5), 0.75) + pick((3, 6), 0.8)
-        else:
-            cams = pick((1, 2), 0.75) + [c for c in (4, 5) if rng.random() < 0.75]
-            cams += pick((3, 6), 0.8)
-        for cam in sorted(cams):
-            folder = path / f"cam{cam}" / f"{pid:04d}"
-            folder.mkdir(parents=True)
-            for k in range(1, images_per_cam + 1):
-                img = _render(ident, rng, size, lights[cam], cam in (3, 6))
-                Image.fromarray(img).save(folder / f"{k:04d}.jpg", quality=90)
-    (path / MARKER).write_text(json.dumps({**params, "complete": True}))
-    log.info("synthetic SYSU-MM01 layout written to %s", path)
-    return path
+        for pid in sorted(perm):
+            ident = _identity(rng)
+            if pid in splits["train"]:
+                cams = pick((1, 2, 4, 5), 0.8) + pick((3, 6), 0.8)
+            elif pid in splits["val"]:
+                cams = pick((4, 5), 0.85) + pick((3, 6), 0.85)
+            elif splits["test"].index(pid) % 8 == 7:
+                cams = pick((4, 5), 0.75) + pick((3, 6), 0.8)
+            else:
+                cams = pick((1, 2), 0.75) + [c for c in (4, 5) if rng.random() < 0.75]
+                cams += pick((3, 6), 0.8)
+            for cam in sorted(cams):
+                folder = path / f"cam{cam}" / f"{pid:04d}"
+                folder.mkdir(parents=True)
+                for k in range(1, images_per_cam + 1):
+                    img = _render(ident, rng, size, lights[cam], cam in (3, 6))
+                    Image.fromarray(img).save(folder / f"{k:04d}.jpg", quality=90)
+        (path / MARKER).write_text(json.dumps({**params, "complete": True}))
+        log.info("synthetic SYSU-MM01 layout written to %s", path)
+        return path
 
 
 def make_regdb(root, seed=0, num_ids=40, images_per_modality=6, size=(128, 64)) -> Path:
@@ -255,34 +342,84 @@ def make_regdb(root, seed=0, num_ids=40, images_per_modality=6, size=(128, 64)) 
                      images_per_modality=images_per_modality, size=size)
     if num_ids % 2:
         raise DatasetError(f"synthetic RegDB: num_ids must be even (half/half), got {num_ids}.")
-    path = _prepare(root, "regdb", params)
-    rng = np.random.default_rng(seed)
-    lights = {False: _light(rng, False), True: _light(rng, True)}
-    files: dict[tuple[int, str], list[str]] = {}
-    for pid in range(1, num_ids + 1):
-        ident = _identity(rng)
-        for folder, prefix, ir in (("Visible", "v", False), ("Thermal", "t", True)):
-            (path / folder / str(pid)).mkdir(parents=True)
-            files[pid, folder] = [f"{folder}/{pid}/{prefix}_{pid:05d}_{k}.bmp"
-                                  for k in range(1, images_per_modality + 1)]
-            for rel in files[pid, folder]:
-                Image.fromarray(_render(ident, rng, size, lights[ir], ir)).save(path / rel)
-    (path / "idx").mkdir()
-    for trial in range(1, 11):
-        order = [int(i) for i in np.random.default_rng([seed, trial]).permutation(num_ids) + 1]
-        train, test = sorted(order[: num_ids // 2]), sorted(order[num_ids // 2 :])
-        for modality, folder in (("visible", "Visible"), ("thermal", "Thermal")):
-            for split, ids in (("train", train), ("test", test)):
-                lines = [f"{rel} {label if split == 'train' else pid}"
-                         for label, pid in enumerate(ids) for rel in files[pid, folder]]
-                out = path / "idx" / f"{split}_{modality}_{trial}.txt"
-                out.write_text("\n".join(lines) + "\n")
-    (path / MARKER).write_text(json.dumps({**params, "complete": True}))
-    log.info("synthetic RegDB layout written to %s", path)
-    return path
+    with _generation_lock(root):
+        path = _prepare(root, "regdb", params)
+        rng = np.random.default_rng(seed)
+        lights = {False: _light(rng, False), True: _light(rng, True)}
+        files: dict[tuple[int, str], list[str]] = {}
+        for pid in range(1, num_ids + 1):
+            ident = _identity(rng)
+            for folder, prefix, ir in (("Visible", "v", False), ("Thermal", "t", True)):
+                (path / folder / str(pid)).mkdir(parents=True)
+                files[pid, folder] = [f"{folder}/{pid}/{prefix}_{pid:05d}_{k}.bmp"
+                                      for k in range(1, images_per_modality + 1)]
+                for rel in files[pid, folder]:
+                    Image.fromarray(_render(ident, rng, size, lights[ir], ir)).save(path / rel)
+        (path / "idx").mkdir()
+        for trial in range(1, 11):
+            order = [int(i) for i in
+                     np.random.default_rng([seed, trial]).permutation(num_ids) + 1]
+            train, test = sorted(order[: num_ids // 2]), sorted(order[num_ids // 2 :])
+            for modality, folder in (("visible", "Visible"), ("thermal", "Thermal")):
+                for split, ids in (("train", train), ("test", test)):
+                    lines = [f"{rel} {label if split == 'train' else pid}"
+                             for label, pid in enumerate(ids) for rel in files[pid, folder]]
+                    out = path / "idx" / f"{split}_{modality}_{trial}.txt"
+                    out.write_text("\n".join(lines) + "\n")
+        (path / MARKER).write_text(json.dumps({**params, "complete": True}))
+        log.info("synthetic RegDB layout written to %s", path)
+        return path
 
 
-_MAKERS = {"sysu": make_sysu, "regdb": make_regdb}
+def make_llcm(root, seed=0, num_train=24, num_test=16, images_per_cam=2, size=(128, 64)) -> Path:
+    """Write an LLCM-layout dataset (``idx/``, ``test_vis/``, ``test_nir/``) under ``root``.
+
+    Ids are spaced out and shuffled across the splits; each id is seen by a random subset of
+    the visible cameras 1..9 and of the infrared cameras 1, 2, 4..9 (at least one of each), so
+    some ids share a camera number across modalities (what LLCM's camera rule removes). The
+    training images live in ``train_vis/`` and ``train_nir/`` (same ``cam<k>/<pid>/`` folders):
+    our choice, as readers follow the paths that ``idx/train_vis.txt`` / ``train_nir.txt`` list
+    (labels 0..num_train-1 in ascending raw-id order).
+    """
+    params = _params("llcm", make_llcm, root, seed=seed, num_train=num_train, num_test=num_test,
+                     images_per_cam=images_per_cam, size=size)
+    with _generation_lock(root):
+        path = _prepare(root, "llcm", params)
+        rng = np.random.default_rng(seed)
+        total = num_train + num_test  # ids 3i+1 or 3i+2: gaps >= 2, never contiguous
+        perm = [int(i) for i in
+                rng.permutation(3 * np.arange(total) + 1 + rng.integers(0, 2, total))]
+        train, test = sorted(perm[:num_train]), sorted(perm[num_train:])
+        for name in _LAYOUT_DIRS["llcm"]:
+            (path / name).mkdir()
+        (path / "idx" / "test_id.txt").write_text(",".join(map(str, test)) + "\n")
+        sensors = ((False, _LLCM_VIS_CAMS), (True, _LLCM_NIR_CAMS))
+        lights = {(ir, c): _light(rng, ir) for ir, cams in sensors for c in cams}
+        label = {pid: i for i, pid in enumerate(train)}
+        lines: dict[bool, list[str]] = {False: [], True: []}
+        for pid in sorted(perm):
+            ident = _identity(rng)
+            split = "train" if pid in label else "test"
+            for ir, cams in sensors:
+                kept = [c for c in cams if rng.random() < 0.4]
+                kept = kept or [cams[int(rng.integers(len(cams)))]]
+                modality = "nir" if ir else "vis"
+                for cam in kept:
+                    rel = f"{split}_{modality}/cam{cam}/{pid:04d}"
+                    (path / rel).mkdir(parents=True)
+                    for k in range(1, images_per_cam + 1):
+                        img = _render(ident, rng, size, lights[ir, cam], ir)
+                        Image.fromarray(img).save(path / rel / f"{k:04d}.jpg", quality=90)
+                        if split == "train":
+                            lines[ir].append(f"{rel}/{k:04d}.jpg {label[pid]}")
+        for ir, name in ((False, "train_vis.txt"), (True, "train_nir.txt")):
+            (path / "idx" / name).write_text("\n".join(lines[ir]) + "\n")
+        (path / MARKER).write_text(json.dumps({**params, "complete": True}))
+        log.info("synthetic LLCM layout written to %s", path)
+        return path
+
+
+_MAKERS = {"sysu": make_sysu, "regdb": make_regdb, "llcm": make_llcm}
 
 
 def _params(layout: str, maker, root, **kw) -> dict:
@@ -302,15 +439,19 @@ def _params(layout: str, maker, root, **kw) -> dict:
 
 
 def ensure_synthetic(root: str | os.PathLike, layout: str, seed: int = 0, **kw) -> Path:
-    """Generate the synthetic ``layout`` ("sysu" or "regdb") at ``root`` unless already there.
+    """Generate the synthetic ``layout`` ("sysu", "regdb" or "llcm") at ``root`` unless there.
 
     Generation is skipped when ``root/.tskd_synthetic.json`` records a completed run with the
-    same parameters; otherwise the earlier synthetic tree is removed and rebuilt.
+    same parameters; otherwise the earlier synthetic tree is removed and rebuilt. Safe to call
+    from several processes at once: one generates, the others wait for it and then use its
+    result (see :func:`_generation_lock`).
     """
     if layout not in _MAKERS:
         raise DatasetError(f"Unknown synthetic layout {layout!r}; valid: {', '.join(_MAKERS)}.")
     params = _params(layout, _MAKERS[layout], root, seed=seed, **kw)
-    if _read_marker(Path(root)) == {**params, "complete": True}:
-        log.info("synthetic %s data at %s is up to date", layout, root)
-        return Path(root)
-    return _MAKERS[layout](root, seed=seed, **kw)
+    with _generation_lock(root):
+        # Checked under the lock: a run that held it before us may have just finished this.
+        if _read_marker(Path(root)) == {**params, "complete": True}:
+            log.info("synthetic %s data at %s is up to date", layout, root)
+            return Path(root)
+        return _MAKERS[layout](root, seed=seed, **kw)
