@@ -180,3 +180,25 @@ def test_embed_cli_errors(tiny, tmp_path, capsys):
     assert main([str(tmp_path / "x.ckpt"), str(root / "cam1"), "--modality", "visible"]) == 1
     assert "x.ckpt does not exist" in capsys.readouterr().err
     assert not list(tmp_path.rglob("*.npy"))  # nothing written on failure
+
+
+def test_embed_cli_refuses_to_overwrite_unless_asked(tiny, tmp_path, capsys):
+    from tskd.embed import main
+
+    ckpt, root = tiny
+    run = tmp_path / "run"
+    run.mkdir()
+    metrics = run / "metrics.json"
+    metrics.write_text('{"rank1": 61.2}')  # a run's results: --out run/metrics.npy names it
+    args = [str(ckpt), str(root / "cam3"), "--modality", "infrared", "--out", str(run / "metrics")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{metrics} already exists; nothing was written" in err and "--overwrite" in err
+    assert metrics.read_text() == '{"rank1": 61.2}' and not (run / "metrics.npy").exists()
+    (run / "metrics.npy").write_bytes(b"older features")
+    assert main(args) == 1
+    assert f"{run / 'metrics.npy'} and {metrics} already exist" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    index, feats = json.loads(metrics.read_text()), np.load(run / "metrics.npy")
+    assert index["modality"] == "infrared" and len(index["files"]) == len(feats) > 0
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.json", "metrics.npy"]  # no temps

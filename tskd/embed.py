@@ -5,7 +5,9 @@
 writes ``ir_feats.npy`` (float32 (N, C), L2-normalised rows) and ``ir_feats.json``, the index:
 ``files`` lists each image's path relative to FOLDER in row order (recursive, sorted), beside
 the checkpoint, modality, feature and image size used. Cosine similarity of two rows is their
-dot product.
+dot product. An existing output (either file) is never replaced unless ``--overwrite`` is given,
+and both files are written under a temporary name and renamed into place, so a reader never
+sees half a file.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,33 +29,66 @@ from tskd.inference import Embedder, list_images, parse_modality
 log = logging.getLogger(__name__)
 
 
+class OutputExistsError(TSKDError, FileExistsError):
+    """An output file of ``python -m tskd.embed`` exists and ``--overwrite`` was not given."""
+
+
+def output_paths(out: str | Path) -> tuple[Path, Path]:
+    """The ``(.npy, .json)`` files written for ``--out out``."""
+    out = Path(out)
+    if out.suffix != ".npy":  # np.save would append it; keep the .json beside the real name
+        out = out.with_name(out.name + ".npy")
+    return out, out.with_suffix(".json")
+
+
+def _write_atomic(path: Path, write: Callable[[object], None]) -> None:
+    # Temp file beside the target, then rename: the old file (if replaced) or nothing is there
+    # until the new one is complete.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; features are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def embed_folder(ckpt: str | Path, folder: str | Path, modality: str | int,
                  out: str | Path = "features.npy", batch_size: int = 64, feature: str = "fc",
                  device: str = "cpu", extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png",
-                                                                     ".bmp")) -> tuple[Path, Path]:
+                                                                     ".bmp"),
+                 overwrite: bool = False) -> tuple[Path, Path]:
     """Embed every image under ``folder``; returns the written ``(.npy, .json)`` paths.
 
     Raises:
+        OutputExistsError: An output file exists and ``overwrite`` is false (nothing written).
         DatasetError: Unknown modality, not a folder, no images, an unreadable image.
         CheckpointError: A missing or unusable checkpoint.
     """
+    out, index_file = output_paths(out)
+    existing = [p for p in (out, index_file) if p.exists()]
+    if existing and not overwrite:  # before any work: a typo in --out must not cost a run
+        raise OutputExistsError(
+            f"{' and '.join(map(str, existing))} already exist{'s' if len(existing) == 1 else ''};"
+            " nothing was written. Choose another --out, or pass --overwrite to replace "
+            f"{'it' if len(existing) == 1 else 'them'}.")
     m = parse_modality(modality)  # cheap checks first: nothing is loaded for a typo
     files = list_images(folder, extensions)
     embedder = Embedder.from_checkpoint(ckpt, device=device)
     feats = embedder.embed(files, m, batch_size=batch_size, feature=feature)  # (N, C)
-    out = Path(out)
-    if out.suffix != ".npy":  # np.save would append it; keep the .json beside the real name
-        out = out.with_name(out.name + ".npy")
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, feats)
+    _write_atomic(out, lambda fh: np.save(fh, feats))
     index = {
         "checkpoint": str(ckpt), "folder": str(folder),
         "modality": {0: "visible", 1: "infrared"}[m], "feature": feature,
         "img_size": list(embedder.img_size), "shape": list(feats.shape),
         "files": [p.relative_to(folder).as_posix() for p in files],
     }
-    index_file = out.with_suffix(".json")
-    index_file.write_text(json.dumps(index, indent=1))
+    _write_atomic(index_file, lambda fh: fh.write(json.dumps(index, indent=1).encode()))
     log.info("wrote %s %s and %s", out, feats.shape, index_file)
     return out, index_file
 
@@ -70,12 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--ext", nargs="+", default=[".jpg", ".jpeg", ".png", ".bmp"],
                         help="image file extensions to include")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the output files if they exist (refused otherwise)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         out, index = embed_folder(args.ckpt, args.folder, args.modality, args.out,
                                   batch_size=args.batch_size, feature=args.feature,
-                                  device=args.device, extensions=tuple(args.ext))
+                                  device=args.device, extensions=tuple(args.ext),
+                                  overwrite=args.overwrite)
     except TSKDError as err:
         sys.stderr.write(f"error: {err}\n")
         return 1
