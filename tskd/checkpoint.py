@@ -3,7 +3,9 @@
 Checkpoints are loaded with ``torch.load(weights_only=True)``: they hold only tensors,
 primitives and plain containers, so a file can never run code. Every problem (missing file, a
 file that is not a tskd checkpoint, a model that does not fit) raises
-:class:`tskd.errors.CheckpointError` naming the file and what to do.
+:class:`tskd.errors.CheckpointError` naming the file and what to do. When the file is missing or
+unreadable and the copy it replaced (``last.prev.ckpt``, kept by
+:mod:`tskd.checkpoint_io`) is there, the error names that copy.
 """
 
 from __future__ import annotations
@@ -15,12 +17,22 @@ import torch
 from tskd.errors import CheckpointError
 
 
+def _previous_copy_hint(p: Path) -> str:
+    from tskd.checkpoint_io import previous_path
+
+    prev = previous_path(p)
+    if p.name.endswith(".prev.ckpt") or not prev.is_file():
+        return ""
+    return (f" The copy it replaced, one save earlier, is {prev}: pass ckpt={prev} to resume or "
+            "evaluate from it.")
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict at ``path`` (on CPU), checked to be a tskd checkpoint."""
     p = Path(path)
     if not p.is_file():
-        hint = ""
-        if p.parent.is_dir():
+        hint = _previous_copy_hint(p)
+        if not hint and p.parent.is_dir():
             found = sorted(x.name for x in p.parent.glob("*.ckpt"))[:5]
             hint = f" Checkpoints in {p.parent}: {found}." if found else ""
         raise CheckpointError(
@@ -32,6 +44,7 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(
             f"cannot read checkpoint {p} with weights_only=True ({type(e).__name__}: {e}). "
             "Only checkpoints written by tskd's train.py are accepted."
+            + _previous_copy_hint(p)
         ) from e
     if not isinstance(ckpt, dict) or "tskd" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(

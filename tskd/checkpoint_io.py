@@ -1,0 +1,126 @@
+"""Checkpoint writes that a kill at any moment cannot turn into the loss of the only checkpoint.
+
+Lightning's ``TorchCheckpointIO`` writes through an fsspec transaction: the bytes go to a temp
+file made by ``tempfile.mkstemp()`` (the system temp dir), and the commit is ``shutil.move``
+onto the checkpoint. When the temp dir is on another filesystem (a tmpfs ``/tmp``, a cluster's
+local scratch) that move is a copy that opens ``last.ckpt`` for writing, truncating it, so a
+run killed during the epoch-end save is left with a truncated ``last.ckpt`` and nothing else.
+Nothing is fsync'ed either.
+
+:func:`write_checkpoint` writes beside the checkpoint instead (``last.ckpt.partial``), fsyncs
+it, keeps the file it replaces as ``last.prev.ckpt`` (a hard link: no copy, and at every
+instant both names hold complete files) and renames the new file into place. A kill leaves
+either the old ``last.ckpt`` or the new one, plus the previous epoch's copy.
+
+:class:`SafeModelCheckpoint` (``configs/callbacks/default.yaml``) is Lightning's
+``ModelCheckpoint`` that installs :class:`AtomicCheckpointIO` on the trainer's strategy, so
+every ``trainer.save_checkpoint`` of the run goes through :func:`write_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where the copy replaced by the latest save is kept: ``last.ckpt`` -> ``last.prev.ckpt``."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.prev{p.suffix}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The renames are durable only once the directory entry is on disk (POSIX; not on Windows).
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _keep_previous(path: Path) -> None:
+    prev = previous_path(path)
+    staged = prev.with_name(prev.name + PARTIAL_SUFFIX)
+    staged.unlink(missing_ok=True)
+    try:
+        os.link(path, staged)
+    except OSError:  # no hard links here (some network filesystems): copy, then sync
+        shutil.copyfile(path, staged)
+        with open(staged, "rb+") as fh:
+            os.fsync(fh.fileno())
+    os.replace(staged, prev)
+
+
+def write_checkpoint(checkpoint: Any, path: str | Path, keep_previous: bool = True) -> None:
+    """``torch.save(checkpoint, path)``, atomically, keeping the replaced file (see module doc).
+
+    Args:
+        checkpoint: Anything ``torch.save`` accepts.
+        path: The checkpoint file; its folder is created if needed.
+        keep_previous: Keep the file being replaced as :func:`previous_path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    try:
+        with open(partial, "wb") as fh:
+            torch.save(checkpoint, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:  # an error or a signal (tskd.entry.Interrupted) half-way: no debris
+        partial.unlink(missing_ok=True)
+        raise
+    if keep_previous and path.is_file():
+        _keep_previous(path)
+    os.replace(partial, path)
+    _fsync_dir(path.parent)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local saves go through :func:`write_checkpoint`.
+
+    Remote paths (``s3://`` and the like) keep Lightning's fsspec transaction, which uploads
+    the object in one piece.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        """Writes ``checkpoint`` to ``path`` atomically, keeping the previous copy."""
+        if storage_options is not None or not _is_local_file_protocol(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        write_checkpoint(checkpoint, path)
+
+
+class SafeModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose files are written by :class:`AtomicCheckpointIO`.
+
+    The trainer is built in ``tskd.run`` from the configs; this callback is where the configs
+    can reach the strategy, and ``setup`` runs before the first save on every rank.
+    """
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        strategy = trainer.strategy
+        current = strategy.checkpoint_io
+        if type(current) is TorchCheckpointIO:
+            strategy.checkpoint_io = AtomicCheckpointIO()
+        elif not isinstance(current, AtomicCheckpointIO):
+            rank_zero_warn(f"the trainer uses {type(current).__name__} to write checkpoints; "
+                           "SafeModelCheckpoint leaves it in place, so its saves are not made "
+                           "atomic and no previous copy is kept")
