@@ -14,9 +14,11 @@ from tskd.entry import guarded, record_failure
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> float | None:
-    from tskd.run import evaluate
-
     with record_failure(cfg.paths.output_dir):
+        # Imported in here: the import takes seconds (torch), and a signal or an import error
+        # during it must be recorded in status.json like any other.
+        from tskd.run import evaluate
+
         metrics = evaluate(cfg, overrides=list(HydraConfig.get().overrides.task))
     return (metrics.get("mean") or {}).get("rank1")
 
