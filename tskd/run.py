@@ -41,6 +41,7 @@ def build_datamodule(cfg: DictConfig, **overrides) -> ReIDDataModule:
         num_pos=data.get("num_pos", 4), num_workers=data.num_workers,
         test_batch_size=data.test_batch_size, seed=cfg.seed, pad=data.get("pad", 10),
         erasing_p=data.get("erasing_p", 0.5), gray_p=data.get("gray_p", 0.5),
+        gray_draw=data.get("gray_draw", "caj"),
         channel_exchange=data.get("channel_exchange", True),
     )
     kw.update(overrides)

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import references as ref
 import torch
 
 from tskd.losses import MutualDistillationLoss, md_direction, multi_kernel_mmd2
@@ -38,7 +39,8 @@ def test_hand_computed_two_points():
     k01 = sum(math.exp(-1 / bw) for bw in (0.125, 0.25, 0.5, 1.0, 2.0))
     value = multi_kernel_mmd2(x, y, diag_in_bandwidth=True).item()
     assert value == pytest.approx(10 - 2 * k01, rel=1e-6)
-    # excluding the diagonal (the default, as the authors' code): b = 2 / 2 = 1 -> bandwidths .25 ... 4
+    # excluding the diagonal (the default, as the authors' code): b = 2 / 2 = 1
+    # -> bandwidths .25 ... 4
     k01 = sum(math.exp(-1 / bw) for bw in (0.25, 0.5, 1.0, 2.0, 4.0))
     assert multi_kernel_mmd2(x, y).item() == pytest.approx(10 - 2 * k01, rel=1e-6)
 
@@ -119,34 +121,6 @@ def _aligned_batch(labels, seed=5):
     return [f.requires_grad_(True) for f in feats], torch.tensor(labels)
 
 
-def _loop_mmd2(x, y, offdiag=True):
-    """MMD^2 from METHOD.md's formula, one pair at a time (torch ops, so autograd works)."""
-    z = list(x) + list(y)
-    m, n = len(z), len(x)
-    d2 = [[((zi - zj) ** 2).sum() for zj in z] for zi in z]
-    total = sum(d2[i][j].detach() for i in range(m) for j in range(m) if i != j)
-    b = total / (m * m - m if offdiag else m * m)
-    k = [[sum(torch.exp(-d2[i][j] / (b * 2.0 ** (q - 2))) for q in range(5)) for j in range(m)]
-         for i in range(m)]
-
-    def block(rows, cols):
-        return sum(k[i][j] for i in rows for j in cols) / (len(rows) * len(cols))
-
-    xs, ys = range(n), range(n, m)
-    return block(xs, xs) + block(ys, ys) - 2 * block(xs, ys)
-
-
-def _reference_md(f_vis1, f_vis2, f_ir, labels, form="code", offdiag=True):
-    """METHOD.md's L_MD / md_w, identity by identity, with explicit stop-gradients."""
-    per_id = []
-    for c in labels.unique():
-        v1, v2, r = f_vis1[labels == c], f_vis2[labels == c], f_ir[labels == c]
-        d = [_loop_mmd2(v1, r.detach(), offdiag), _loop_mmd2(v2, r.detach(), offdiag),
-             _loop_mmd2(r, v1.detach(), offdiag), _loop_mmd2(r, v2.detach(), offdiag)]
-        per_id.append(sum(d) if form == "code" else 0.25 * sum(d))
-    return sum(per_id) / len(per_id)
-
-
 @pytest.mark.parametrize("labels", [[3, 1, 3, 1, 7, 7], [0, 0, 0, 1, 1]],
                          ids=["equal-counts-shuffled", "unequal-counts-loop"])
 @pytest.mark.parametrize(("form", "bandwidth"),
@@ -155,7 +129,7 @@ def _reference_md(f_vis1, f_vis2, f_ir, labels, form="code", offdiag=True):
 def test_md_value_and_gradient_match_the_formula(labels, form, bandwidth):
     feats, labels = _aligned_batch(labels)
     loss = MutualDistillationLoss(form=form, bandwidth=bandwidth)(*feats, labels)
-    reference = _reference_md(*feats, labels, form=form, offdiag=bandwidth == "offdiag")
+    reference = ref.md(*feats, labels, form=form, offdiag=bandwidth == "offdiag")
     torch.testing.assert_close(loss, reference)
     grads = torch.autograd.grad(loss, feats)
     ref_grads = torch.autograd.grad(reference, feats)
@@ -191,7 +165,7 @@ def test_md_one_side_requiring_grad():
     feats, labels = _aligned_batch([0, 0, 1, 1])
     vis1, vis2, ir = feats[0].detach(), feats[1].detach(), feats[2]
     MutualDistillationLoss()(vis1, vis2, ir, labels).backward()
-    (ref_ir,) = torch.autograd.grad(_reference_md(vis1, vis2, ir, labels), (ir,))
+    (ref_ir,) = torch.autograd.grad(ref.md(vis1, vis2, ir, labels), (ir,))
     torch.testing.assert_close(ir.grad, ref_ir)
     assert ir.grad.abs().sum() > 0
 

@@ -1,6 +1,7 @@
 """Prototype bank arithmetic (count/weight norms, cross-rank reduce, unseen slots) and SM."""
 
 import pytest
+import references
 import torch
 
 from tskd.losses import PrototypeBank, SelfMimicLoss
@@ -178,30 +179,6 @@ def _aligned(seed: int, n: int = 6, ids: int = 4, dim: int = 5):
     return f, y, w, bank
 
 
-def _reference_sm(f, y, w, bank, metric, form):
-    """METHOD.md's SM (without sm_w), one sample at a time."""
-    n = len(y)
-
-    def d(i, slot):
-        c = int(y[i])
-        if not bank.valid[c, slot]:
-            return None
-        diff = f[slot * n + i] - bank.prototypes[c, slot]
-        return diff.abs().mean() if metric == "l1" else (diff**2).sum()
-
-    if form == "code":
-        total = 0.0
-        for i in range(n):
-            t = [d(i, s) for s in range(3)]
-            wi = [w[s * n + i] for s in range(3)]
-            vis = sum(wi[s] * t[s] for s in (0, 1) if t[s] is not None)
-            ir = wi[2] * t[2] if t[2] is not None else 0.0
-            total = total + 0.5 * vis + ir
-        return total / n
-    terms = [w[s * n + i] * d(i, s) for s in range(3) for i in range(n) if d(i, s) is not None]
-    return sum(terms) / len(terms)
-
-
 @pytest.mark.parametrize("form", ["code", "mean"])
 @pytest.mark.parametrize("metric", ["l1", "l2"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -209,7 +186,7 @@ def test_sm_value_and_gradient_match_a_per_sample_loop(form, metric, seed):
     f, y, w, bank = _aligned(seed)
     slots = torch.arange(3).repeat_interleave(len(y))
     loss = SelfMimicLoss(metric, form=form)(f, y.repeat(3), slots, w, bank)
-    ref = _reference_sm(f, y, w, bank, metric, form)
+    ref = references.sm(f, y, w, bank.prototypes, bank.valid, metric, form)
     torch.testing.assert_close(loss, ref)
     (g,) = torch.autograd.grad(loss, f)
     (g_ref,) = torch.autograd.grad(ref, f)

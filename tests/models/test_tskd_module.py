@@ -6,40 +6,64 @@ import contextlib
 from types import SimpleNamespace
 
 import pytest
+import references as ref
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from tskd.errors import NonFiniteLossError
-from tskd.losses import per_sample_ce
-from tskd.models.tskd_module import TSKDModule
+from tskd.losses import gmm_confidence, per_sample_ce, visible_view_confidences
+from tskd.models.tskd_module import TSKDModule  # noqa: E402
 
+# the defaults of configs/loss/tskd.yaml (the authors' code) and the first release's switches
 LOSS = {"sm_w": 1.0, "md_w": 0.05, "md_start": 2, "margin": 0.3, "ce_only_epochs": 1,
         "soft_identity": True, "triplet_per_modality": False, "sm_metric": "l1",
-        "gmm": {"max_iter": 10, "tol": 1e-2, "reg_covar": 5e-4}}
+        "sm_form": "code", "md_form": "code", "md_bandwidth": "offdiag",
+        "prototype_pass": True, "prototype_norm": "count", "gmm_pass": "train",
+        "gmm": {"max_iter": 100, "tol": 1e-2, "reg_covar": 5e-4}}
+FIRST_RELEASE = {"sm_form": "mean", "md_form": "paper", "md_bandwidth": "all",
+                 "prototype_pass": False, "prototype_norm": "weight", "gmm_pass": "eval",
+                 "gmm": {"max_iter": 10, "tol": 1e-2, "reg_covar": 5e-4}}
 OPTIM = {"lr_head": 0.1, "lr_backbone": 0.01, "momentum": 0.9, "nesterov": True,
          "weight_decay": 5e-4, "warmup_epochs": 10, "milestones": [20, 40], "gamma": 0.1}
 P, K, IDS = 3, 2, 5
+N_VIS, N_IR = 12, 10
+
+
+def _images(n: int, seed: int, h: int = 32, w: int = 16) -> torch.Tensor:
+    return torch.randn(n, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
 class FakeDataModule:
-    """Serves (image, label, row) batches of fixed random images, like confidence_dataloader."""
+    """Serves the three pass loaders of ReIDDataModule from fixed random tensors."""
 
-    def __init__(self, n_vis: int, n_ir: int, h: int = 32, w: int = 16) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.sets = {
-            m: TensorDataset(torch.randn(n, 3, h, w, generator=g),
-                             torch.arange(n) % IDS, torch.arange(n))
-            for m, n in ((0, n_vis), (1, n_ir))
-        }
+    def __init__(self) -> None:
+        self.vis, self.ir = _images(N_VIS, 0), _images(N_IR, 1)
+        self.vis_y, self.ir_y = torch.arange(N_VIS) % IDS, torch.arange(N_IR) % IDS
+        self.prototype_calls: list = []
 
     def confidence_dataloader(self, modality: int) -> DataLoader:
-        return DataLoader(self.sets[modality], batch_size=7)
+        x, y = (self.vis, self.vis_y) if modality == 0 else (self.ir, self.ir_y)
+        return DataLoader(TensorDataset(x, y, torch.arange(len(y))), batch_size=7)
+
+    def augmented_confidence_dataloader(self, epoch: int) -> list:
+        """Two batches covering every image: views are the images plus a view-specific shift."""
+        out = []
+        for vis_rows, ir_rows in ((torch.arange(0, 6), torch.arange(0, 5)),
+                                  (torch.arange(6, 12), torch.arange(5, 10))):
+            v = self.vis[vis_rows]
+            out.append((v, v.flip(3), self.ir[ir_rows], self.vis_y[vis_rows],
+                        self.ir_y[ir_rows], vis_rows, ir_rows))
+        return out
+
+    def prototype_dataloader(self, epoch: int, num_batches: int) -> list:
+        self.prototype_calls.append((epoch, num_batches))
+        return [batch(seed=10 + b) for b in range(num_batches)]
 
 
 def make_module(epoch: int = 0, **loss) -> tuple[TSKDModule, list]:
     torch.manual_seed(0)
     m = TSKDModule(
-        num_classes=IDS, num_visible=12, num_infrared=10,
+        num_classes=IDS, num_visible=N_VIS, num_infrared=N_IR,
         dataset={"name": "sysu", "root": "x", "trial": None, "img_h": 32, "img_w": 16},
         model={"backbone": "resnet18", "pretrained": False},
         loss={**LOSS, **loss}, optim=OPTIM, eval={"flip": False, "rerank": False},
@@ -47,7 +71,7 @@ def make_module(epoch: int = 0, **loss) -> tuple[TSKDModule, list]:
     logged: list = []
     m.log = lambda name, value, **kw: logged.append((name, float(torch.as_tensor(value).detach())))
     m._trainer = SimpleNamespace(current_epoch=epoch, global_step=7, world_size=1,
-                                 datamodule=FakeDataModule(12, 10),
+                                 num_training_batches=2, datamodule=FakeDataModule(),
                                  precision_plugin=SimpleNamespace(
                                      forward_context=contextlib.nullcontext))
     return m, logged
@@ -75,37 +99,91 @@ def test_warmup_is_cross_entropy_only():
     f, logits = m.net.forward_train(torch.cat([b[0], b[1]]), b[2])
     expected = per_sample_ce(logits, b[3].repeat(3)).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert not bool(m.bank.weight_sum.any())  # no prototypes accumulated in warm-up
+    assert not bool(m.bank.count.any())  # no prototypes accumulated in warm-up
 
 
-def test_stage_one_terms_and_prototype_accumulation():
+def test_stage_one_terms_and_the_prototype_pass():
     m, logged = make_module(epoch=1)
     loss = m.training_step(batch(), 0)
     t = terms(logged)
     assert {"train/ce", "train/tri", "train/sm"} <= set(t) and "train/md" not in t
     assert t["train/sm"] == 0.0  # no prototypes yet: no pull towards zero vectors
     assert loss.item() == pytest.approx(t["train/ce"] + t["train/tri"], rel=1e-5)
-    assert bool((m.bank.weight_sum[:P] > 0).all()) and not bool(m.bank.weight_sum[P:].any())
+    assert not bool(m.bank.count.any())  # the faithful default sums in a separate pass
+    m.conf_view1.uniform_(0.2, 1.0)
+    m.conf_view2.uniform_(0.0, 0.5)
     m.on_train_epoch_end()
-    assert bool(m.bank.valid[:P].all()) and not bool(m.bank.valid[P:].any())
+    assert m.trainer.datamodule.prototype_calls == [(1, 2)]  # this epoch, batches trained
+    # reference: the same two batches through the network in train mode, Eq. 8-9 by hand
+    feats = []
+    with torch.no_grad():
+        for b in (batch(seed=10), batch(seed=11)):
+            f, _ = m.net.forward_train(torch.cat([b[0], b[1]]), b[2])
+            w = torch.cat([m.conf_view1[b[4]], m.conf_view2[b[4]], m.conf_infrared[b[5]]])
+            feats.append((f.double(), b[3], w.double()))
+    protos, seen = ref.prototypes(feats, IDS, m.net.feat_dim, norm="count")
+    assert torch.equal(m.bank.valid, seen) and bool(seen[:P].all()) and not seen[P:].any()
+    torch.testing.assert_close(m.bank.prototypes.double(), protos, rtol=1e-5, atol=1e-6)
     logged.clear()
     m.training_step(batch(seed=2), 1)
     assert terms(logged)["train/sm"] > 0
 
 
-def test_stage_two_adds_weighted_md():
-    m, logged = make_module(epoch=2)
-    loss = m.training_step(batch(), 0)
+def test_first_release_accumulates_prototypes_from_the_training_forward():
+    m, _ = make_module(epoch=1, **FIRST_RELEASE)
+    m.training_step(batch(), 0)
+    assert bool((m.bank.weight_sum[:P] > 0).all()) and not bool(m.bank.weight_sum[P:].any())
+    m.on_train_epoch_end()
+    assert m.trainer.datamodule.prototype_calls == []  # no second pass
+    assert bool(m.bank.valid[:P].all()) and not bool(m.bank.valid[P:].any())
+
+
+@pytest.mark.parametrize("switches", [{}, FIRST_RELEASE], ids=["code", "first-release"])
+def test_training_step_terms_equal_independent_formulas(switches):
+    """Every logged term and the total, recomputed from forward_train's features."""
+    cfg = {**LOSS, **switches}
+    m, logged = make_module(epoch=2, **switches)  # stage II: every term on
+    g = torch.Generator().manual_seed(3)
+    m.conf_view1.copy_(torch.rand(N_VIS, generator=g))  # three different confidence vectors
+    m.conf_view2.copy_(torch.rand(N_VIS, generator=g))
+    m.conf_infrared.copy_(torch.rand(N_IR, generator=g))
+    m.bank.prototypes.normal_(generator=g)
+    m.bank.valid.copy_(torch.rand(IDS, 3, generator=g) < 0.7)
+    m.bank.valid[0] = True
+    b = batch()
+    total = m.training_step(b, 0)
     t = terms(logged)
-    assert t["train/md"] > 0
-    total = t["train/ce"] + t["train/tri"] + 1.0 * t["train/sm"] + 0.05 * t["train/md"]
-    assert loss.item() == pytest.approx(total, rel=1e-5)
+    vis1, vis2, ir, labels, vis_idx, ir_idx = b
+    f, logits = m.net.forward_train(torch.cat([vis1, vis2]), ir)  # same batch: same BN stats
+    n = labels.shape[0]
+    w = torch.cat([m.conf_view1[vis_idx], m.conf_view2[vis_idx], m.conf_infrared[ir_idx]])
+    y3 = labels.repeat(3)
+    expected = {
+        "ce": ref.si(logits, y3, w),
+        "tri": ref.triplet(f, y3, cfg["margin"]),
+        "sm": ref.sm(f, labels, w, m.bank.prototypes, m.bank.valid, cfg["sm_metric"],
+                     cfg["sm_form"]),
+        "md": ref.md(f[:n], f[n:2 * n], f[2 * n:], labels, cfg["md_form"],
+                     offdiag=cfg["md_bandwidth"] == "offdiag"),
+    }
+    for name, value in expected.items():
+        assert t[f"train/{name}"] == pytest.approx(float(value.detach()), rel=1e-4, abs=1e-6), name
+    ref_total = (expected["ce"] + expected["tri"] + cfg["sm_w"] * expected["sm"]
+                 + cfg["md_w"] * expected["md"])
+    assert total.item() == pytest.approx(ref_total.item(), rel=1e-5)
+    assert t["train/loss"] == pytest.approx(ref_total.item(), rel=1e-5)
+    params = [m.net.head.classifier.weight, next(m.net.backbone.visible_stem.parameters())]
+    grads = torch.autograd.grad(total, params)
+    ref_grads = torch.autograd.grad(ref_total, params)
+    for got, want in zip(grads, ref_grads):
+        # float32 through the whole network: agreement to round-off, not to the last bit
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-5)
 
 
 def test_confidence_weights_enter_the_identity_loss():
     m, logged = make_module(epoch=1)
-    m.conf_visible.fill_(0.5)
-    m.conf_infrared.fill_(0.5)
+    for buf in m.confidences:
+        buf.fill_(0.5)
     m.training_step(batch(), 0)
     half = terms(logged)["train/ce"]
     m2, logged2 = make_module(epoch=1)
@@ -113,24 +191,59 @@ def test_confidence_weights_enter_the_identity_loss():
     assert half == pytest.approx(0.5 * terms(logged2)["train/ce"], rel=1e-5)
 
 
-def test_gmm_pass_updates_confidences_without_touching_batchnorm():
-    m, _ = make_module(epoch=1)
+def test_confidence_pass_gives_one_confidence_per_view_in_train_mode():
+    m, logged = make_module(epoch=1)
+    m.train()
+    before = m.net.backbone.layer1[0].bn1.running_mean.clone()
+    m.on_train_epoch_start()
+    # train mode as the authors' code: batch statistics, and the running ones move
+    assert not torch.equal(before, m.net.backbone.layer1[0].bn1.running_mean)
+    assert m.net.training
+    # reference: per-sample CE of each view computed here, batch by batch in train mode; the
+    # GMM functions themselves are checked against scikit-learn in tests/losses
+
+    m2, _ = make_module(epoch=1)
+    ce = {0: torch.zeros(N_VIS), 1: torch.zeros(N_VIS), 2: torch.zeros(N_IR)}
+    with torch.no_grad():
+        for v1, v2, ir, vy, iy, vr, irr in m2.trainer.datamodule.augmented_confidence_dataloader(1):
+            _, logits = m2.net.train().forward_train(torch.cat([v1, v2]), ir)
+            full = torch.nn.functional.cross_entropy(logits, torch.cat([vy, vy, iy]),
+                                                     reduction="none")
+            bv = len(vr)
+            ce[0][vr], ce[1][vr], ce[2][irr] = full[:bv], full[bv:2 * bv], full[2 * bv:]
+    w1, w2 = visible_view_confidences(ce[0], ce[1])
+    torch.testing.assert_close(m.conf_view1, w1, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(m.conf_view2, w2, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(m.conf_infrared, gmm_confidence(ce[2]), rtol=1e-4, atol=1e-5)
+    assert not torch.equal(m.conf_view1, m.conf_view2)
+    assert {"train/confidence_view1", "train/confidence_view2",
+            "train/confidence_infrared"} <= set(terms(logged))
+
+
+def test_eval_mode_confidence_pass_shares_one_confidence_and_keeps_batchnorm():
+    m, _ = make_module(epoch=1, gmm_pass="eval")
     m.train()
     before = m.net.backbone.layer1[0].bn1.running_mean.clone()
     m.on_train_epoch_start()
     assert torch.equal(before, m.net.backbone.layer1[0].bn1.running_mean)
     assert m.net.training  # mode restored
-    for buf in (m.conf_visible, m.conf_infrared):
+    assert torch.equal(m.conf_view1, m.conf_view2)
+    for buf in m.confidences:
         assert ((buf >= 0) & (buf <= 1)).all() and not torch.all(buf == 1)
 
 
 def test_no_gmm_in_warmup_or_when_switched_off():
     m, _ = make_module(epoch=0)
     m.on_train_epoch_start()
-    assert torch.all(m.conf_visible == 1)
+    assert all(torch.all(buf == 1) for buf in m.confidences)
     m, _ = make_module(epoch=3, soft_identity=False)
     m.on_train_epoch_start()
-    assert torch.all(m.conf_infrared == 1)
+    assert all(torch.all(buf == 1) for buf in m.confidences)
+
+
+def test_unknown_gmm_pass_is_refused():
+    with pytest.raises(ValueError, match="loss.gmm_pass='train-mode'"):
+        make_module(gmm_pass="train-mode")
 
 
 def test_non_finite_loss_names_step_batch_and_terms():
@@ -164,5 +277,5 @@ def test_checkpoint_metadata_is_plain():
     m, _ = make_module()
     ckpt: dict = {}
     m.on_save_checkpoint(ckpt)
-    assert ckpt["tskd"] == {"format": 1, "dataset": "sysu", "trial": None, "num_classes": IDS,
+    assert ckpt["tskd"] == {"format": 2, "dataset": "sysu", "trial": None, "num_classes": IDS,
                             "img_size": [32, 16], "backbone": "resnet18"}

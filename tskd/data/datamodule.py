@@ -3,8 +3,10 @@
 Passes it serves:
 - training: identity-aligned batches ``(vis1, vis2, ir, labels, vis_idx, ir_idx)`` from the
   cross-modality identity sampler (which splits identities across DDP ranks itself);
-- confidence: plain passes over all training images of one modality (the GMM pass of each
-  epoch), split across ranks by stride;
+- confidence: every training image once with the training augmentations, in batches of P*K
+  per modality split across ranks batch by batch (the faithful GMM pass), or plain passes over
+  one modality's un-augmented images split by stride (the ``gmm_pass=eval`` switch);
+- prototypes: the epoch's training slots again with fresh augmentation draws;
 - test: every image the test protocol needs, each once, with its modality and protocol index.
 
 All images come from memory-mapped uint8 caches, so workers share the page cache instead of each
@@ -25,9 +27,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from tskd.data import regdb, sysu
 from tskd.data.cache import cached_images, standard_train_arrays
-from tskd.data.datasets import CachedImageSet, CrossModalityTrainSet, RowView, TestImageSet
+from tskd.data.datasets import (
+    AugmentedPassSet,
+    CachedImageSet,
+    CrossModalityTrainSet,
+    RowView,
+    TestImageSet,
+)
 from tskd.data.protocol import INFRARED, VISIBLE, Search, TestProtocol
-from tskd.data.samplers import CrossModalityIdentitySampler
+from tskd.data.samplers import CrossModalityIdentitySampler, FreshDrawBatches
 from tskd.data.synthetic import ensure_synthetic
 from tskd.data.transforms import TrainTransform
 from tskd.errors import DatasetError
@@ -88,7 +96,8 @@ class ReIDDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers.
         test_batch_size: Batch size of the test and confidence passes.
         seed: Seed of the identity sampler (augmentation draws derive from it).
-        pad, erasing_p, gray_p, channel_exchange: Train augmentation (METHOD.md "Batches").
+        pad, erasing_p, gray_p, gray_draw, channel_exchange: Train augmentation
+            (docs/method.md, "Batches").
     """
 
     def __init__(
@@ -110,6 +119,7 @@ class ReIDDataModule(pl.LightningDataModule):
         pad: int = 10,
         erasing_p: float = 0.5,
         gray_p: float = 0.5,
+        gray_draw: str = "caj",
         channel_exchange: bool = True,
     ) -> None:
         super().__init__()
@@ -129,7 +139,7 @@ class ReIDDataModule(pl.LightningDataModule):
         self.num_workers, self.test_batch_size, self.seed = num_workers, test_batch_size, seed
         self.transform = TrainTransform(
             self.size[0], self.size[1], pad=pad, erasing_p=erasing_p, gray_p=gray_p,
-            channel_exchange=channel_exchange,
+            gray_draw=gray_draw, channel_exchange=channel_exchange,
         )
         self._ready = self._prepared = False
 
@@ -252,24 +262,50 @@ class ReIDDataModule(pl.LightningDataModule):
         )
 
     # ------------------------------------------------------------------------- loaders
-    def train_dataloader(self) -> DataLoader:
-        _warn_large_pad(self.transform.pad, self.size[1])
+    def _train_sampler(self) -> CrossModalityIdentitySampler:
         rank, world = self._rank_world()
-        sampler = CrossModalityIdentitySampler(
+        return CrossModalityIdentitySampler(
             self.visible_labels, self.infrared_labels, num_ids=self.num_ids,
             num_pos=self.num_pos, seed=self.seed, rank=rank, world_size=world,
         )
-        dataset = CrossModalityTrainSet(
+
+    def _train_set(self) -> CrossModalityTrainSet:
+        return CrossModalityTrainSet(
             self.visible_images, self.infrared_images, self.visible_labels,
             self.infrared_labels, self.transform,
         )
+
+    def train_dataloader(self) -> DataLoader:
+        _warn_large_pad(self.transform.pad, self.size[1])
         return DataLoader(
-            dataset, batch_sampler=sampler, num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
+            self._train_set(), batch_sampler=self._train_sampler(),
+            num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
         )
 
+    def prototype_dataloader(self, epoch: int, num_batches: int) -> DataLoader:
+        """This rank's first ``num_batches`` training batches of ``epoch``, fresh draws."""
+        batches = FreshDrawBatches(self._train_sampler(), epoch, num_batches)
+        return DataLoader(self._train_set(), batch_sampler=batches,
+                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+
+    def augmented_confidence_dataloader(self, epoch: int) -> DataLoader:
+        """Every training image with the training augmentations of ``epoch``, whole batches.
+
+        Batch b goes to rank ``b % world_size``, so each batch holds the same images as in a
+        single process and a train-mode pass computes the same losses on any number of GPUs.
+        """
+        rank, world = self._rank_world()
+        dataset = AugmentedPassSet(
+            self.visible_images, self.infrared_images, self.visible_labels,
+            self.infrared_labels, self.transform, batch_size=self.num_ids * self.num_pos,
+            seed=self.seed, epoch=epoch,
+        )
+        mine = list(range(rank, len(dataset), world))
+        return DataLoader(dataset, batch_size=None, sampler=mine, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available())
+
     def confidence_dataloader(self, modality: int) -> DataLoader:
-        """All training images of one modality, this rank's stride (for the GMM pass)."""
+        """All un-augmented training images of one modality, this rank's stride (gmm_pass=eval)."""
         rank, world = self._rank_world()
         images, labels = ((self.visible_images, self.visible_labels) if modality == VISIBLE
                           else (self.infrared_images, self.infrared_labels))

@@ -181,3 +181,82 @@ class CachedImageSet(_MappedDataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         """-> (normalised float32 (3, H, W), label, index)."""
         return eval_transform(self.images[i]), int(self.labels[i]), int(i)
+
+
+def _image_seed(seed: int, epoch: int, modality: int, row: int) -> int:
+    """A per-image augmentation seed for the confidence pass of ``epoch``.
+
+    SeedSequence mixes the four numbers, so seeds of neighbouring rows, epochs or modalities
+    give unrelated streams; the value depends on nothing else, so every rank, worker and
+    resumed run draws the same views of an image.
+    """
+    state = np.random.SeedSequence([seed, epoch, _CONFIDENCE_PASS_TAG, modality, row])
+    return int(state.generate_state(1, np.uint64)[0] % np.uint64(2**63))
+
+
+_CONFIDENCE_PASS_TAG = 0x6D6D  # keeps these seeds apart from any other stream of (seed, epoch)
+
+
+class AugmentedPassSet(_MappedDataset):
+    """Every training image once, in batches, with the training augmentations (GMM pass).
+
+    Item ``b`` is one whole batch (use ``DataLoader(batch_size=None)``): chunk ``b`` of the
+    visible rows (both views) and chunk ``b`` of the infrared rows. Both modalities are split
+    into the same number of chunks, ``ceil(max(N_v, N_i) / batch_size)``, so each batch pairs
+    about ``batch_size`` images of each modality, as the training batches do and as the
+    BatchNorm statistics of a train-mode pass expect.
+
+    Args:
+        visible_images: uint8 (N_v, H, W, 3).
+        infrared_images: uint8 (N_i, H, W, 3).
+        visible_labels: (N_v,) labels.
+        infrared_labels: (N_i,) labels.
+        transform: The training transform (its visible and infrared views).
+        batch_size: Images per modality and batch (P*K of training).
+        seed: Base seed of the run.
+        epoch: The epoch whose augmentation draws to use.
+    """
+
+    def __init__(self, visible_images: np.ndarray, infrared_images: np.ndarray,
+                 visible_labels: Sequence[int] | np.ndarray,
+                 infrared_labels: Sequence[int] | np.ndarray, transform: TrainTransform,
+                 batch_size: int, seed: int, epoch: int) -> None:
+        self.visible_images, self.infrared_images = visible_images, infrared_images
+        self.visible_labels = np.asarray(visible_labels, dtype=np.int64)
+        self.infrared_labels = np.asarray(infrared_labels, dtype=np.int64)
+        _check_rows(visible_images, self.visible_labels, "visible")
+        _check_rows(infrared_images, self.infrared_labels, "infrared")
+        if batch_size < 1:
+            raise DatasetError(f"confidence-pass batch size must be >= 1, got {batch_size}")
+        self.transform, self.seed, self.epoch = transform, int(seed), int(epoch)
+        n_v, n_i = len(self.visible_labels), len(self.infrared_labels)
+        num_batches = -(-max(n_v, n_i) // batch_size)
+        self.visible_chunks = np.array_split(np.arange(n_v), num_batches)
+        self.infrared_chunks = np.array_split(np.arange(n_i), num_batches)
+
+    def __len__(self) -> int:
+        return len(self.visible_chunks)
+
+    def _stack(self, views: list[torch.Tensor], like: np.ndarray) -> torch.Tensor:
+        if views:
+            return torch.stack(views)
+        h, w = self.transform.height, self.transform.width
+        return torch.zeros(0, like.shape[-1], h, w)
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, ...]:
+        """-> (v1 (Bv,3,h,w), v2, ir (Bi,3,h,w), vis_labels, ir_labels, vis_rows, ir_rows)."""
+        vis_rows, ir_rows = self.visible_chunks[b], self.infrared_chunks[b]
+        v1, v2, ir = [], [], []
+        for row in vis_rows:
+            g = torch.Generator().manual_seed(_image_seed(self.seed, self.epoch, 0, int(row)))
+            a, c = self.transform.visible_views(self.visible_images[row], g)
+            v1.append(a)
+            v2.append(c)
+        for row in ir_rows:
+            g = torch.Generator().manual_seed(_image_seed(self.seed, self.epoch, 1, int(row)))
+            ir.append(self.transform.infrared_view(self.infrared_images[row], g))
+        return (self._stack(v1, self.visible_images), self._stack(v2, self.visible_images),
+                self._stack(ir, self.infrared_images),
+                torch.from_numpy(self.visible_labels[vis_rows]),
+                torch.from_numpy(self.infrared_labels[ir_rows]),
+                torch.from_numpy(vis_rows), torch.from_numpy(ir_rows))

@@ -138,3 +138,37 @@ class CrossModalityIdentitySampler(Sampler[list[Slot]]):
         lo, hi = self.rank * per_rank, (self.rank + 1) * per_rank
         for batch in self.global_stream():
             yield [(int(v), int(i), int(s)) for v, i, s in batch[lo:hi]]
+
+
+# XOR-ed into the training slots' seeds: the prototype pass sees the same images with new draws
+_FRESH_DRAW_MASK = 0x2545F4914F6CDD1D
+
+
+class FreshDrawBatches(Sampler[list[Slot]]):
+    """The first ``num_batches`` batches of an epoch's slots, with new augmentation seeds.
+
+    The prototype pass (docs/method.md, "Prototypes") revisits exactly the slots this rank
+    trained on in the epoch, but draws new augmentations, as the authors' second pass over the
+    training loader does.
+
+    Args:
+        sampler: The training sampler (its seed, rank split and P x K are reused).
+        epoch: The epoch whose slots to replay.
+        num_batches: How many of its batches were trained (``limit_train_batches``).
+    """
+
+    def __init__(self, sampler: CrossModalityIdentitySampler, epoch: int,
+                 num_batches: int) -> None:
+        super().__init__()
+        self.sampler, self.epoch = sampler, int(epoch)
+        self.num_batches = min(int(num_batches), len(sampler))
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[Slot]]:
+        s = self.sampler
+        per_rank = s.num_ids * s.num_pos
+        lo, hi = s.rank * per_rank, (s.rank + 1) * per_rank
+        for batch in s.global_stream(self.epoch)[: self.num_batches]:
+            yield [(int(v), int(i), int(seed) ^ _FRESH_DRAW_MASK) for v, i, seed in batch[lo:hi]]

@@ -4,12 +4,13 @@ Epoch ``e`` (0-based) runs:
 - ``e < loss.ce_only_epochs`` (warm-up): cross-entropy only; no GMM, no prototypes.
 - stage I: soft-identity CE + batch-hard triplet + ``sm_w`` * self-mimic;
 - stage II (``e >= loss.md_start``): + ``md_w`` * mutual distillation.
-At the start of every post-warm-up epoch a no-grad pass over all training images (network in eval
-mode, so BatchNorm statistics do not move) yields per-image CE, turned into confidences by a
-two-component GMM per modality. During the epoch the pooled features are accumulated per
-identity and modality slot; at its end they become the prototypes the next epoch mimics. Both are
-reduced across DDP ranks so every rank holds identical values, and both are buffers, so a
-checkpoint resumes exactly.
+Around every post-warm-up epoch the module runs the two no-grad passes of
+:mod:`tskd.models.epoch_passes`: at its start the confidence pass (per-image CE -> GMM
+confidences, one per visible view and one per infrared image), at its end the prototype pass
+over the epoch's slots (``loss.prototype_pass=false`` accumulates from the training forward
+instead). Sums are reduced across DDP ranks, so every rank holds the values one process would
+compute over the same batches; confidences and prototypes are buffers and the running sums are
+the bank's extra state, so a checkpoint resumes exactly. docs/method.md has every formula.
 """
 
 from __future__ import annotations
@@ -30,14 +31,20 @@ from tskd.losses import (
     SelfMimicLoss,
     SoftIdentityLoss,
     gmm_confidence,
-    per_sample_ce,
+    visible_view_confidences,
 )
 from tskd.models.components import TwoStreamNet
+from tskd.models.epoch_passes import (
+    GMM_PASSES,
+    accumulate_prototypes,
+    augmented_losses,
+    plain_losses,
+)
 from tskd.models.schedule import lr_factor, stage
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: per-view confidences, bank sums as extra state
 
 
 class TSKDModule(pl.LightningModule):
@@ -75,13 +82,18 @@ class TSKDModule(pl.LightningModule):
         self.net = TwoStreamNet(num_classes, **model)
         self.loss_cfg, self.optim_cfg = dict(loss), dict(optim)
         self.eval_cfg = dict(eval or {})
+        if loss["gmm_pass"] not in GMM_PASSES:
+            raise ValueError(f"loss.gmm_pass={loss['gmm_pass']!r}: use one of {GMM_PASSES}")
         self.si = SoftIdentityLoss()
         self.triplet = BatchHardTriplet(margin=loss["margin"],
-                                        per_modality=loss.get("triplet_per_modality", False))
-        self.sm = SelfMimicLoss(metric=loss.get("sm_metric", "l1"))
-        self.md = MutualDistillationLoss()
-        self.bank = PrototypeBank(num_classes, num_slots=3, dim=self.net.feat_dim)
-        self.register_buffer("conf_visible", torch.ones(num_visible))
+                                        per_modality=loss["triplet_per_modality"])
+        self.sm = SelfMimicLoss(metric=loss["sm_metric"], form=loss["sm_form"])
+        self.md = MutualDistillationLoss(form=loss["md_form"], bandwidth=loss["md_bandwidth"])
+        self.bank = PrototypeBank(num_classes, num_slots=3, dim=self.net.feat_dim,
+                                  norm=loss["prototype_norm"])
+        # one confidence per training image and view: w1, w2 (visible), wr (infrared)
+        self.register_buffer("conf_view1", torch.ones(num_visible))
+        self.register_buffer("conf_view2", torch.ones(num_visible))
         self.register_buffer("conf_infrared", torch.ones(num_infrared))
         self.retrieval = None  # a RetrievalMetric while a test/monitor pass runs
         self.test_summaries: list[dict] = []
@@ -106,51 +118,63 @@ class TSKDModule(pl.LightningModule):
     # ----------------------------------------------------------------------------- stages
     @property
     def stage(self) -> str:
-        return stage(self.current_epoch, self.loss_cfg.get("ce_only_epochs", 1),
-                      self.loss_cfg["md_start"])
+        return stage(self.current_epoch, self.loss_cfg["ce_only_epochs"], self.loss_cfg["md_start"])
 
     def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         if self.trainer is None or self.trainer.world_size == 1:
             return t
         return self.trainer.strategy.reduce(t, reduce_op="sum")
 
+    @property
+    def confidences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-image confidences (view 1, view 2, infrared)."""
+        return self.conf_view1, self.conf_view2, self.conf_infrared
+
     def on_train_epoch_start(self) -> None:
-        if self.stage != "warmup" and self.loss_cfg.get("soft_identity", True):
+        if self.stage != "warmup" and self.loss_cfg["soft_identity"]:
             self._update_confidences()
 
-    @torch.no_grad()
     def _update_confidences(self) -> None:
-        """Per-image CE of every training image -> per-modality GMM confidences (all ranks)."""
+        """The confidence pass (all ranks' images) -> GMM confidences of every view."""
         dm = self.trainer.datamodule
-        was_training = self.net.training
-        self.net.eval()  # BatchNorm running statistics must not see this pass
-        gmm = dict(self.loss_cfg.get("gmm", {}))
-        try:
-            for modality, buf in ((VISIBLE, self.conf_visible), (INFRARED, self.conf_infrared)):
-                losses = torch.zeros_like(buf)
-                for x, y, idx in dm.confidence_dataloader(modality):
-                    x, y = x.to(self.device), y.to(self.device)
-                    with self.trainer.precision_plugin.forward_context():
-                        logits = self.net.classify(x, modality)
-                    losses[idx.to(self.device)] = per_sample_ce(logits.float(), y)
-                # each image was seen by exactly one rank: a sum assembles the full vector
-                losses = self._reduce_sum(losses)
-                buf.copy_(gmm_confidence(losses, **gmm).to(buf))
-        finally:
-            self.net.train(was_training)
+        context = self.trainer.precision_plugin.forward_context
+        gmm = dict(self.loss_cfg["gmm"])
+        n_vis, n_ir = len(self.conf_view1), len(self.conf_infrared)
+        if self.loss_cfg["gmm_pass"] == "train":
+            loader = dm.augmented_confidence_dataloader(self.current_epoch)
+            losses = augmented_losses(self.net, loader, n_vis, n_ir, context)
+            # each image was seen by exactly one rank: a sum assembles the full vectors
+            l1, l2, l_ir = (self._reduce_sum(t) for t in losses)
+            w1, w2 = visible_view_confidences(l1, l2, **gmm)
+        else:
+            loaders = {VISIBLE: dm.confidence_dataloader(VISIBLE),
+                       INFRARED: dm.confidence_dataloader(INFRARED)}
+            l_vis, l_ir = (self._reduce_sum(t)
+                           for t in plain_losses(self.net, loaders, n_vis, n_ir, context))
+            w1 = w2 = gmm_confidence(l_vis, **gmm)
+        for buf, w in zip(self.confidences, (w1, w2, gmm_confidence(l_ir, **gmm))):
+            buf.copy_(w.to(buf))
         # identical on every rank, so syncing only silences Lightning's DDP warning
-        self.log("train/confidence_visible", self.conf_visible.mean(), sync_dist=True)
-        self.log("train/confidence_infrared", self.conf_infrared.mean(), sync_dist=True)
+        for name, buf in zip(("view1", "view2", "infrared"), self.confidences):
+            self.log(f"train/confidence_{name}", buf.mean(), sync_dist=True)
 
     def on_train_epoch_end(self) -> None:
-        if self.stage != "warmup":
-            self.bank.finalize(reduce=self._reduce_sum)
+        if self.stage == "warmup":
+            return
+        # with sm_w = 0 nothing reads the prototypes: skip the extra forward pass
+        if self.loss_cfg["prototype_pass"] and self.loss_cfg["sm_w"] > 0:
+            loader = self.trainer.datamodule.prototype_dataloader(
+                self.current_epoch, int(self.trainer.num_training_batches))
+            accumulate_prototypes(self.net, loader, self.bank, self.confidences,
+                                  self.trainer.precision_plugin.forward_context)
+        self.bank.finalize(reduce=self._reduce_sum)
 
     def on_train_end(self) -> None:
         """Under DDP, check that every rank ends with the same confidences and prototypes."""
         if self.trainer.world_size == 1:
             return
-        for name in ("conf_visible", "conf_infrared", "bank.prototypes", "bank.valid"):
+        for name in ("conf_view1", "conf_view2", "conf_infrared", "bank.prototypes",
+                     "bank.valid"):
             local = self.get_buffer(name).float()
             gathered = self.all_gather(local)  # (world, ...)
             if not torch.equal(gathered.amin(0), gathered.amax(0)):
@@ -177,8 +201,8 @@ class TSKDModule(pl.LightningModule):
             terms["ce"] = self.si(logits, labels3)
             total = terms["ce"]
         else:
-            conf_v = self.conf_visible[vis_idx]
-            w = torch.cat([conf_v, conf_v, self.conf_infrared[ir_idx]])
+            w = torch.cat([self.conf_view1[vis_idx], self.conf_view2[vis_idx],
+                           self.conf_infrared[ir_idx]])  # (3B,)
             modality3 = (slots == 2).long()
             terms["ce"] = self.si(logits, labels3, w)
             terms["tri"] = self.triplet(f, labels3, modality3)
@@ -187,7 +211,8 @@ class TSKDModule(pl.LightningModule):
             if cur == "II":
                 terms["md"] = self.md(f[:b], f[b : 2 * b], f[2 * b :], labels)
                 total = total + self.loss_cfg["md_w"] * terms["md"]
-            self.bank.accumulate(f.detach(), labels3, slots, w)
+            if not self.loss_cfg["prototype_pass"]:
+                self.bank.accumulate(f.detach(), labels3, slots, w)
         if not torch.isfinite(total):
             self._raise_non_finite(batch_idx, labels, vis_idx, ir_idx, terms)
         for name, value in terms.items():
