@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from tskd.checkpoint import build_module, load_checkpoint
 from tskd.data.datamodule import ReIDDataModule
 from tskd.errors import CheckpointError
 from tskd.models.tskd_module import TSKDModule
+from tskd.trainer import build_trainer, device_settings
 
 log = logging.getLogger(__name__)
 
@@ -46,27 +46,6 @@ def build_datamodule(cfg: DictConfig, **overrides) -> ReIDDataModule:
     )
     kw.update(overrides)
     return ReIDDataModule(**kw)
-
-
-def build_trainer(cfg: DictConfig, *, training: bool) -> pl.Trainer:
-    """A Trainer from ``cfg.trainer`` (+ callbacks and loggers when training)."""
-    args = _plain(cfg.trainer)
-    args.pop("channels_last", None)
-    callbacks, loggers = [], False
-    if training:
-        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-        loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()] or False
-        every = cfg.eval.get("every_n_epochs", 0)
-        if every > 0:
-            args["check_val_every_n_epoch"] = every
-        else:
-            args["limit_val_batches"] = 0
-    else:
-        args["enable_checkpointing"] = False
-    if not loggers:
-        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
-    return pl.Trainer(**args, callbacks=callbacks, logger=loggers,
-                      default_root_dir=cfg.paths.output_dir)
 
 
 def write_run_info(out: Path) -> None:
@@ -115,6 +94,7 @@ def train(cfg: DictConfig) -> dict:
         write_run_info(out)
         log.info("run dir: %s", out)
     pl.seed_everything(cfg.seed, workers=True)
+    settings = device_settings(_plain(cfg.trainer))
     dm = build_datamodule(cfg)
     if _is_local_zero():
         dm.prepare_data()  # data and caches exist before DDP ranks start reading them
@@ -125,13 +105,13 @@ def train(cfg: DictConfig) -> dict:
         dataset={k: cfg.dataset[k] for k in ("name", "root", "trial", "img_h", "img_w")},
         model=_plain(cfg.model), loss=_plain(cfg.loss), optim=_plain(cfg.optim),
         eval={k: cfg.eval[k] for k in ("flip", "rerank")},
-        channels_last=bool(cfg.trainer.get("channels_last", False)),
+        channels_last=settings["channels_last"],
         config=_plain(cfg),
     )
     if cfg.dataset.synthetic is None and not cfg.model.pretrained:
         log.warning("training on real data from random init (model.pretrained=false); the "
                     "paper's numbers need ImageNet weights: model.pretrained=true or a file path")
-    trainer = build_trainer(cfg, training=True)
+    trainer = build_trainer(cfg, training=True, settings=settings)
     if cfg.get("ckpt"):
         load_checkpoint(cfg.ckpt)  # a clear error before Lightning's own, for a bad path
     trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt"), weights_only=True)
@@ -205,8 +185,9 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     """Test ``cfg.ckpt`` (see :func:`resolve_test_datamodule`); returns metrics.json's dict."""
     ckpt = load_checkpoint(cfg.ckpt)
     dm = resolve_test_datamodule(cfg, ckpt, overrides)
+    settings = device_settings(_plain(cfg.trainer))
     module = build_module(ckpt, cfg.ckpt, eval={k: cfg.eval[k] for k in ("flip", "rerank")},
-                          channels_last=bool(cfg.trainer.get("channels_last", False)))
-    trainer = build_trainer(cfg, training=False)
+                          channels_last=settings["channels_last"])
+    trainer = build_trainer(cfg, training=False, settings=settings)
     trainer.test(module, datamodule=dm, verbose=False)
     return _report(cfg, trainer, module.test_summaries, Path(cfg.paths.output_dir))

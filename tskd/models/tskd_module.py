@@ -16,6 +16,7 @@ the bank's extra state, so a checkpoint resumes exactly. docs/method.md has ever
 from __future__ import annotations
 
 import logging
+import time
 
 import pytorch_lightning as pl
 import torch
@@ -132,7 +133,9 @@ class TSKDModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         if self.stage != "warmup" and self.loss_cfg["soft_identity"]:
+            start = time.perf_counter()
             self._update_confidences()
+            self._log_pass_time("confidence", start)
 
     def _update_confidences(self) -> None:
         """The confidence pass (all ranks' images) -> GMM confidences of every view."""
@@ -163,11 +166,19 @@ class TSKDModule(pl.LightningModule):
             return
         # with sm_w = 0 nothing reads the prototypes: skip the extra forward pass
         if self.loss_cfg["prototype_pass"] and self.loss_cfg["sm_w"] > 0:
+            start = time.perf_counter()
             loader = self.trainer.datamodule.prototype_dataloader(
                 self.current_epoch, int(self.trainer.num_training_batches))
             accumulate_prototypes(self.net, loader, self.bank, self.confidences,
                                   self.trainer.precision_plugin.forward_context)
+            self._log_pass_time("prototype", start)
         self.bank.finalize(reduce=self._reduce_sum)
+
+    def _log_pass_time(self, name: str, start: float) -> None:
+        """What a per-epoch pass cost (seconds, this rank): its share of an epoch is visible."""
+        seconds = time.perf_counter() - start
+        log.info("epoch %d: %s pass %.1f s", self.current_epoch, name, seconds)
+        self.log(f"time/{name}_pass_s", seconds, rank_zero_only=True)
 
     def on_train_end(self) -> None:
         """Under DDP, check that every rank ends with the same confidences and prototypes."""

@@ -93,6 +93,25 @@ def download_imagenet_state_dict(backbone: str) -> dict[str, torch.Tensor]:
         ) from exc
 
 
+def require_weights(pretrained: bool | str | os.PathLike | None, backbone: str) -> None:
+    """Fails fast, before any data work, when ``model.pretrained`` cannot be satisfied.
+
+    ``true`` is satisfied by torchvision's file in the torch hub cache, or else by a download
+    made now (so a run that will need the network learns it in seconds, not after the caches
+    are built); a path must be a readable file. ``false`` needs nothing.
+
+    Raises:
+        CheckpointError: Naming the expected file and the two ways on
+            (``model.pretrained=/path/to/file``, ``model.pretrained=false``).
+    """
+    if pretrained is True:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / weights_file_name(backbone)
+        if not cached.is_file():
+            download_imagenet_state_dict(backbone)
+    elif pretrained not in (None, False):
+        read_weights_file(pretrained)
+
+
 def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a torchvision-format ResNet state dict from ``path`` (tensors only)."""
     path = Path(path).expanduser()

@@ -1,0 +1,87 @@
+"""The Lightning Trainer of a run: the machine's device picked when asked, callbacks, loggers.
+
+``trainer=auto`` (the default) resolves ``accelerator``, ``devices``, ``precision`` and
+``channels_last`` once, at the start of the run, and says what it chose:
+
+- a CUDA GPU present: one GPU, ``bf16-mixed``, channels-last (the paper's recipe on one card;
+  ``trainer=ddp trainer.devices=N`` uses N GPUs, and ``data.num_ids`` is per device, so the
+  global batch grows with them);
+- no GPU: the CPU, ``32-true`` (CPUs gain nothing from bf16 autocast for this network).
+
+``trainer=cpu|gpu|ddp`` fix the choice; any ``trainer.*`` key given explicitly wins over auto.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+_AUTO_KEYS = ("accelerator", "devices", "precision", "channels_last")
+
+
+def device_settings(trainer: dict, cuda_devices: int | None = None) -> dict:
+    """``trainer`` with every ``auto`` among the device keys replaced by the machine's choice.
+
+    Args:
+        trainer: The ``trainer`` config as a plain dict.
+        cuda_devices: CUDA devices present (None: ask torch); a parameter so tests can state
+            "a GPU is present" on a CPU machine.
+
+    Returns:
+        A new dict; ``channels_last`` is a bool.
+    """
+    out = dict(trainer)
+    if cuda_devices is None:
+        cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if out.get("accelerator") == AUTO:
+        out["accelerator"] = "gpu" if cuda_devices > 0 else "cpu"
+    gpu = out["accelerator"] in ("gpu", "cuda")
+    defaults = {"devices": 1, "precision": "bf16-mixed" if gpu else "32-true",
+                "channels_last": gpu}
+    for key, value in defaults.items():
+        if out.get(key) == AUTO:
+            out[key] = value
+    out["channels_last"] = bool(out.get("channels_last", False))
+    if any(trainer.get(k) == AUTO for k in _AUTO_KEYS):
+        where = (f"GPU ({torch.cuda.get_device_name(0)}; {cuda_devices} present)"
+                 if gpu and cuda_devices else out["accelerator"].upper())
+        log.info("trainer=auto: %s, devices=%s, precision=%s, channels_last=%s (force with "
+                 "trainer=cpu|gpu|ddp)", where, out["devices"], out["precision"],
+                 out["channels_last"])
+    return out
+
+
+def build_trainer(cfg: DictConfig, *, training: bool, settings: dict | None = None) -> pl.Trainer:
+    """A Trainer from the resolved ``settings`` (+ callbacks and loggers when training).
+
+    Args:
+        cfg: The run config (``trainer``, ``callbacks``, ``logger``, ``eval``, ``paths``).
+        training: Whether the Trainer fits (callbacks, loggers, optional monitoring).
+        settings: :func:`device_settings` of ``cfg.trainer`` (computed here when None).
+    """
+    if settings is None:
+        settings = device_settings(OmegaConf.to_container(cfg.trainer, resolve=True))
+    args = dict(settings)
+    args.pop("channels_last", None)  # applied to the model, not a Trainer argument
+    callbacks, loggers = [], False
+    if training:
+        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+        loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()] or False
+        every = cfg.eval.every_n_epochs
+        if every > 0:
+            args["check_val_every_n_epoch"] = every
+        else:
+            args["limit_val_batches"] = 0
+    else:
+        args["enable_checkpointing"] = False
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    return pl.Trainer(**args, callbacks=callbacks, logger=loggers,
+                      default_root_dir=cfg.paths.output_dir)
