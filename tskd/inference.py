@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from tskd.checkpoint import build_module, load_checkpoint
-from tskd.data.cache import load_image
+from tskd.data.cache import load_image, to_rgb
 from tskd.data.protocol import INFRARED, MODALITY_NAMES, VISIBLE
 from tskd.data.transforms import normalize_batch
 from tskd.errors import DatasetError
@@ -84,7 +84,8 @@ def prepare_image(image: ImageLike, size: tuple[int, int]) -> np.ndarray:
         image = Image.fromarray(image)
     if isinstance(image, Image.Image):
         # the same conversion and resize as tskd.data.cache.load_image (PIL sizes are (w, h))
-        return np.asarray(image.convert("RGB").resize((w, h), Image.LANCZOS), dtype=np.uint8)
+        # to_rgb scales 16-bit (thermal) images to 8 bits instead of saturating them to white
+        return np.asarray(to_rgb(image).resize((w, h), Image.LANCZOS), dtype=np.uint8)
     raise DatasetError(
         f"cannot embed an object of type {type(image).__name__}; pass file paths, PIL images or "
         "uint8 (H, W, 3) arrays."

@@ -50,8 +50,9 @@ def device_settings(trainer: dict, cuda_devices: int | None = None) -> dict:
             out[key] = value
     out["channels_last"] = bool(out.get("channels_last", False))
     if any(trainer.get(k) == AUTO for k in _AUTO_KEYS):
-        where = (f"GPU ({torch.cuda.get_device_name(0)}; {cuda_devices} present)"
-                 if gpu and cuda_devices else out["accelerator"].upper())
+        where = out["accelerator"].upper()
+        if gpu and torch.cuda.is_available():
+            where = f"GPU ({torch.cuda.get_device_name(0)}; {cuda_devices} present)"
         log.info("trainer=auto: %s, devices=%s, precision=%s, channels_last=%s (force with "
                  "trainer=cpu|gpu|ddp)", where, out["devices"], out["precision"],
                  out["channels_last"])

@@ -1,0 +1,23 @@
+# Two commands on a fresh machine (Python 3.11 and make): `make demo`, `make test`.
+# Both create the virtual environment first (once; again when pyproject.toml changes).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test
+
+setup: $(VENV)/.installed
+
+# torch/torchvision first: the tested pair (pyproject.toml only caps them).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/python train.py experiment=synthetic
+
+test: setup
+	$(BIN)/pytest
