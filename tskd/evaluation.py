@@ -5,7 +5,7 @@ A :class:`~tskd.data.protocol.TestProtocol` lists every test image and the searc
 uses are embedded once each, "pool" and "fc" from the same forward pass; each search then only
 indexes the feature matrix, so ten trials cost one feature pass. Results are reported per
 (setting, feature) as mean and std over the trials, in percent, in the metrics.json schema of
-DESIGN.md. Standard deviations are population values (ddof=0): the trials are the whole set.
+the README. Standard deviations are population values (ddof=0): the trials are the whole set.
 
 Off-by-default options, printed with the results whenever used: flip test-time augmentation
 (average the features of the image and its mirror) and k-reciprocal re-ranking.

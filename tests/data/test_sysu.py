@@ -68,7 +68,7 @@ def _ref_ids(root):
 
 
 def ref_query(root):
-    """Straight transcription of PROTOCOL.md (not the library's code)."""
+    """Straight transcription of docs/protocol.md (not the library's code)."""
     out = []
     for pid in sorted(_ref_ids(root)):
         for cam in ("cam3", "cam6"):

@@ -1,4 +1,4 @@
-"""The lr schedule and stage switch of METHOD.md, against hand-written tables."""
+"""The lr schedule and stage switch of docs/method.md, against hand-written tables."""
 
 import pytest
 

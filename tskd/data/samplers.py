@@ -11,8 +11,8 @@ across ranks and none is dropped. The sampler does its own split, so Lightning m
 (``Trainer(use_distributed_sampler=False)``); it exposes ``set_epoch`` where Lightning looks for
 it (``batch_sampler.sampler.set_epoch``).
 
-Epoch length (METHOD.md): G = floor(N / (P*K)) + 1 batches of P*K per device-equivalent, with
-N = max(#visible, #infrared). With world_size ranks every rank yields ceil(G / world_size)
+Epoch length (docs/method.md, "Batches"): G = floor(N / (P*K)) + 1 batches of P*K per
+device-equivalent, with N = max(#visible, #infrared). With world_size ranks every rank yields ceil(G / world_size)
 batches (the same count on every rank, so collective ops never hang).
 """
 
@@ -95,7 +95,7 @@ class CrossModalityIdentitySampler(Sampler[list[Slot]]):
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         n = max(len(vis), len(ir))
-        self.num_global_batches = n // (num_ids * num_pos) + 1  # G of METHOD.md
+        self.num_global_batches = n // (num_ids * num_pos) + 1  # G of docs/method.md
         self.num_batches = math.ceil(self.num_global_batches / world_size)  # per rank
 
     @property

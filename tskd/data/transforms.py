@@ -1,4 +1,4 @@
-"""Image transforms of the training pipeline (METHOD.md "Batches") and the test normalisation.
+"""Image transforms of the training pipeline (docs/method.md, "Batches") and the test normalisation.
 
 Every random decision is drawn from an explicit ``torch.Generator`` passed in by the caller, so a
 sample's augmentation is a pure function of its seed: identical across DataLoader workers, ranks

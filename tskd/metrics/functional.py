@@ -1,6 +1,6 @@
 """Retrieval metrics of the standard VI-ReID protocol: CMC, mAP and mINP, vectorised over queries.
 
-Definitions (PROTOCOL.md), for each query:
+Definitions (docs/protocol.md), for each query:
 
 - the gallery is ranked by ascending distance with a **stable** sort: tied distances keep
   gallery (column) order, so the ranking, and every number, is a pure function of the input;

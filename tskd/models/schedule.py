@@ -1,4 +1,4 @@
-"""Learning-rate schedule and stage switch of METHOD.md "Optimisation" and "Two stages"."""
+"""Learning-rate schedule and stage switch of docs/method.md, "Optimisation" and "Two stages"."""
 
 from __future__ import annotations
 

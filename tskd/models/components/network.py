@@ -20,7 +20,7 @@ from tskd.models.components.pretrained import (
 
 
 class TwoStreamNet(nn.Module):
-    """Visible/infrared re-identification network of METHOD.md "Network".
+    """Visible/infrared re-identification network of docs/method.md, "Network".
 
     Images pass their modality's stem, the shared ResNet stages (with non-local blocks), GeM
     pooling (the feature ``f`` used by the metric losses) and the BN-neck, whose output feeds

@@ -9,7 +9,7 @@ from torch import nn
 class GeM(nn.Module):
     """GeM pooling: ``(mean_{h,w} clamp(x, eps) ** p) ** (1 / p)`` per channel.
 
-    ``p = 1`` is average pooling and ``p -> inf`` approaches max pooling; METHOD.md fixes
+    ``p = 1`` is average pooling and ``p -> inf`` approaches max pooling; docs/method.md fixes
     ``p = 3``. The clamp keeps the fractional root defined (post-ReLU maps are ``>= 0``, and a
     zero channel would otherwise give an infinite gradient).
 
