@@ -12,8 +12,8 @@ across ranks and none is dropped. The sampler does its own split, so Lightning m
 it (``batch_sampler.sampler.set_epoch``).
 
 Epoch length (docs/method.md, "Batches"): G = floor(N / (P*K)) + 1 batches of P*K per
-device-equivalent, with N = max(#visible, #infrared). With world_size ranks every rank yields ceil(G / world_size)
-batches (the same count on every rank, so collective ops never hang).
+device-equivalent, with N = max(#visible, #infrared). With world_size ranks every rank yields
+ceil(G / world_size) batches (the same count on every rank, so collective ops never hang).
 """
 
 from __future__ import annotations
