@@ -187,7 +187,7 @@ def test_bad_options_refused_before_loading(tmp_path):
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose("visualize", overrides=[
-            f"ckpt={tmp_path / 'never_read.ckpt'}", "vis.setting=visible2thermal",
+            f"ckpt={tmp_path / 'never_read.ckpt'}", "dataset=sysu", "vis.setting=visible2thermal",
             "vis.feature=logits", "vis.queries=best", "vis.topk=0"])
     with pytest.raises(DatasetError) as err:
         write_ranked_lists(cfg)
@@ -196,3 +196,36 @@ def test_bad_options_refused_before_loading(tmp_path):
                  "vis.feature='logits'", "vis.queries='best'", "vis.topk=0 (must be > 0)"):
         assert part in msg
     assert cfg.vis.num_queries == 8 and cfg.vis.topk == 0 and cfg.task_name == "visualize"
+
+
+def _compose_visualize(overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("visualize", overrides=overrides)
+
+
+def test_app_from_the_checkpoint_alone(tiny, tmp_path):
+    """No dataset key: the checkpoint's dataset, root and image size; only the test cache."""
+    from tskd.visualize import write_ranked_lists
+
+    ckpt, root = tiny
+    overrides = [f"ckpt={ckpt}", "data.num_workers=0", "vis.num_queries=2", "vis.topk=3",
+                 f"paths.output_dir={tmp_path / 'run'}"]
+    png = write_ranked_lists(_compose_visualize(overrides), overrides)
+    assert png == tmp_path / "run" / "ranked_lists" / "all_trial0_worst.png"
+    assert Image.open(png).size == grid_size(2, 3, 64, 32)  # the checkpoint's 64x32
+    cached = sorted(p.name for p in (root / "tskd_cache").glob("*.npy"))
+    assert cached == ["sysu_test_64x32.npy"]  # no training cache
+
+
+def test_setting_of_the_other_dataset_refused_once_the_checkpoint_is_read(tiny, tmp_path):
+    from tskd.visualize import write_ranked_lists
+
+    ckpt, root = tiny
+    overrides = [f"ckpt={ckpt}", "vis.setting=visible2thermal",
+                 f"dataset.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path}"]
+    with pytest.raises(DatasetError, match=r"vis.setting='visible2thermal' \(use one of "
+                                           r"\['all', 'indoor'\] or null for sysu\)"):
+        write_ranked_lists(_compose_visualize(overrides), overrides)
+    assert not (tmp_path / "cache").exists()  # refused before any image was cached

@@ -2,6 +2,11 @@
 
 Kept out of the entry scripts so tests (and users' own scripts) can call :func:`train` and
 :func:`evaluate` with a composed config.
+
+Both start with checks that need no data: the config's values (:mod:`tskd.config_check`), a
+resumed checkpoint against the run's settings (:func:`check_resume`), the ImageNet weights
+(training), and for evaluation the dataset the checkpoint was trained on
+(:func:`eval_dataset`). Only then are data read and caches built.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -19,31 +25,66 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tskd.checkpoint import build_module, load_checkpoint
-from tskd.data.datamodule import ReIDDataModule
+from tskd.config_check import check_dataset, check_eval_config, check_train_config
+from tskd.data.datamodule import ReIDDataModule, resolve_num_workers
 from tskd.errors import CheckpointError
+from tskd.models.components.pretrained import require_weights
 from tskd.models.tskd_module import TSKDModule
 from tskd.trainer import build_trainer, device_settings
 
 log = logging.getLogger(__name__)
 
 
-def _plain(node) -> dict:
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _plain(node):
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def build_datamodule(cfg: DictConfig, **overrides) -> ReIDDataModule:
-    """The datamodule of ``cfg.dataset`` / ``cfg.data`` / ``cfg.mode``."""
-    d, data = cfg.dataset, cfg.data
+def local_devices(settings: dict) -> int:
+    """Processes on this machine for resolved trainer ``settings`` (they share its CPUs)."""
+    devices = settings["devices"]
+    if isinstance(devices, list | tuple):
+        return max(1, len(devices))
+    if isinstance(devices, str):
+        ids = [x for x in devices.split(",") if x.strip()]
+        if len(ids) > 1 or not devices.strip().lstrip("-").isdigit():
+            return max(1, len(ids))
+        devices = int(devices)
+    if devices == -1:  # Lightning: every device of the accelerator
+        gpu = settings["accelerator"] in ("gpu", "cuda")
+        return max(1, torch.cuda.device_count()) if gpu else 1
+    return max(1, int(devices))
+
+
+def build_datamodule(cfg: DictConfig, dataset: DictConfig | dict | None = None, *,
+                     test_only: bool = False, devices: int = 1, **overrides) -> ReIDDataModule:
+    """The datamodule of ``dataset`` (default ``cfg.dataset``), ``cfg.data`` and ``cfg.mode``.
+
+    Every value comes from the config by attribute: a key dropped from the YAML fails here
+    instead of falling back to a number in code. ``test_only`` (evaluation) passes only the
+    test keys, which is all eval.yaml defines.
+
+    Args:
+        cfg: The run config.
+        dataset: A resolved dataset node to use instead of ``cfg.dataset`` (evaluation).
+        test_only: Build and read only the test images.
+        devices: Processes sharing this machine's CPUs (for ``data.num_workers=auto``).
+        **overrides: Datamodule arguments to force.
+    """
+    d = OmegaConf.create(_plain(dataset if dataset is not None else cfg.dataset))
+    data = cfg.data
     kw = dict(
         name=d.name, root=d.root, img_h=d.img_h, img_w=d.img_w, trial=d.trial,
-        modes=(cfg.mode.name,), shots=d.get("shots", 1), cache_dir=d.get("cache_dir"),
-        synthetic=_plain(d.get("synthetic")), num_ids=data.get("num_ids", 8),
-        num_pos=data.get("num_pos", 4), num_workers=data.num_workers,
-        test_batch_size=data.test_batch_size, seed=cfg.seed, pad=data.get("pad", 10),
-        erasing_p=data.get("erasing_p", 0.5), gray_p=data.get("gray_p", 0.5),
-        gray_draw=data.get("gray_draw", "caj"),
-        channel_exchange=data.get("channel_exchange", True),
+        modes=(cfg.mode.name,), shots=d.shots, cache_dir=d.cache_dir,
+        synthetic=_plain(d.synthetic), num_workers=resolve_num_workers(data.num_workers, devices),
+        test_batch_size=data.test_batch_size, seed=cfg.seed, test_only=test_only,
     )
+    if not test_only:
+        kw.update(num_ids=data.num_ids, num_pos=data.num_pos, pad=data.pad,
+                  erasing_p=data.erasing_p, gray_p=data.gray_p, gray_draw=data.gray_draw,
+                  channel_exchange=data.channel_exchange)
     kw.update(overrides)
     return ReIDDataModule(**kw)
 
@@ -67,18 +108,33 @@ def write_run_info(out: Path) -> None:
     (out / "run_info.json").write_text(json.dumps(info, indent=2))
 
 
-def _primary_setting(cfg: DictConfig) -> str:
-    return cfg.mode.name if cfg.dataset.name == "sysu" else "visible2thermal"
+
+def _write_json_atomic(path: Path, doc: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(doc, indent=2) + "\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def _report(cfg: DictConfig, trainer: pl.Trainer, summaries: list[dict], out: Path) -> dict:
-    options = {"flip": bool(cfg.eval.get("flip", False)),
-               "rerank": bool(cfg.eval.get("rerank", False))}
+def _report(cfg: DictConfig, trainer: pl.Trainer, summaries: list[dict], out: Path,
+            dataset_name: str, provenance: dict) -> dict:
+    """Write metrics.json (with ``provenance``: checkpoint, image size, data root) and print."""
+    options = {"flip": bool(cfg.eval.flip), "rerank": bool(cfg.eval.rerank)}
     if not trainer.is_global_zero:
         return {}
     from tskd.evaluation import format_table, write_metrics_json
 
-    result = write_metrics_json(out / "metrics.json", summaries, _primary_setting(cfg), options)
+    primary = cfg.mode.name if dataset_name == "sysu" else "visible2thermal"
+    result = write_metrics_json(out / "metrics.json", summaries, primary, options)
+    # which model and inputs produced the numbers (issue 11); added here because
+    # write_metrics_json writes only the summaries and options
+    result.update(provenance)
+    _write_json_atomic(out / "metrics.json", result)
     print(format_table(summaries, options))  # the entry point's output, rank 0 only
     return result
 
@@ -87,15 +143,132 @@ def _is_local_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
+# ------------------------------------------------------------------------------- resume
+# Keys whose value shapes what a checkpoint learnt or how its run continues. The rest of the
+# config may change on resume (see check_resume).
+RESUME_MUST_MATCH = (
+    "seed", "dataset.name", "dataset.img_h", "dataset.img_w", "dataset.synthetic", "model",
+    "loss", "optim", "data.num_ids", "data.num_pos", "data.pad", "data.erasing_p", "data.gray_p",
+    "data.gray_draw", "data.channel_exchange",
+)
+# model.pretrained only sets the weights before the first step; a resume replaces them all.
+RESUME_MAY_DIFFER = ("model.pretrained",)
+
+
+def _flatten(value, prefix: str) -> dict:
+    if isinstance(value, dict) and value:
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: value}
+
+
+def _recorded_config(ckpt: dict) -> dict:
+    """The run config a checkpoint records (older ones: the module's own arguments)."""
+    hp = ckpt.get("hyper_parameters", {})
+    if hp.get("config"):
+        return hp["config"]
+    return {k: hp[k] for k in ("dataset", "model", "loss", "optim") if k in hp}
+
+
+def _get(tree: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return _ABSENT
+        tree = tree[part]
+    return tree
+
+
+_ABSENT = object()
+
+
+def check_resume(cfg: DictConfig, ckpt: dict, path: str) -> None:
+    """Refuse to resume ``ckpt`` under settings other than those it was trained with.
+
+    The rule: everything that decides what the model learns must match the checkpoint's
+    recorded config, because a resumed run continues the same optimisation (same sampler draws,
+    same schedule) and reports it as one run. Must match: ``seed``, ``dataset.name``,
+    ``dataset.img_h``/``img_w``, ``dataset.synthetic``, the RegDB split ``dataset.trial``
+    (another split puts its test identities into training), every ``model.*`` key but
+    ``model.pretrained``, every ``loss.*`` and ``optim.*`` key, and the batch and augmentation
+    keys ``data.num_ids``, ``num_pos``, ``pad``, ``erasing_p``, ``gray_p``, ``gray_draw``,
+    ``channel_exchange``. The training data's identity and image counts must match too
+    (:func:`check_resume_data`).
+
+    May change: ``trainer.*`` (``trainer.max_epochs`` to extend a run, another machine's
+    devices), ``data.num_workers``, ``data.test_batch_size``, ``eval.*``, ``logger``,
+    ``callbacks``, ``paths``, ``mode`` and the SYSU gallery ``dataset.trial`` (test only),
+    ``dataset.root`` and ``dataset.cache_dir`` (data that was moved; its counts are checked),
+    ``dataset.shots``, ``model.pretrained`` (the checkpoint's weights replace the initial ones),
+    ``test_after_training``. Keys the checkpoint does not record are not checked.
+
+    Raises:
+        CheckpointError: Naming each key, the checkpoint's value, this run's value and the fix.
+    """
+    then_cfg = _recorded_config(ckpt)
+    now_cfg = _plain(cfg)
+    keys = list(RESUME_MUST_MATCH)
+    if cfg.dataset.name == "regdb" or _get(then_cfg, "dataset.name") == "regdb":
+        keys.append("dataset.trial")
+    diffs = []
+    for key in keys:
+        then = _get(then_cfg, key)
+        if then is _ABSENT:
+            continue
+        now = _get(now_cfg, key)
+        then_flat, now_flat = _flatten(then, key), _flatten(now, key)
+        for k in sorted(set(then_flat) | set(now_flat)):
+            if k in RESUME_MAY_DIFFER or k not in then_flat:
+                continue
+            if now_flat.get(k, _ABSENT) != then_flat[k]:
+                shown = "<missing>" if k not in now_flat else repr(now_flat[k])
+                diffs.append(f"{k}={shown} but the checkpoint was trained with "
+                             f"{k}={then_flat[k]!r}")
+    if diffs:
+        raise CheckpointError(
+            f"cannot resume from {path}: " + "; ".join(diffs) + ". Resume with the checkpoint's "
+            "settings (drop those overrides or set them to its values), or start a new run "
+            "without ckpt=."
+        )
+
+
+def check_resume_data(dm: ReIDDataModule, ckpt: dict, path: str) -> None:
+    """The training lists at ``dataset.root`` are the ones the checkpoint learnt (no caching)."""
+    hp = ckpt.get("hyper_parameters", {})
+    now = dm.train_label_counts()
+    wrong = [f"{k} {now[k]} vs {hp[k]}" for k in ("num_classes", "num_visible", "num_infrared")
+             if k in hp and now[k] != hp[k]]
+    if wrong:
+        raise CheckpointError(
+            f"cannot resume from {path}: the training data at dataset.root={dm.root} is not the "
+            f"data it was trained on (here vs checkpoint: {', '.join(wrong)}). Point "
+            "dataset.root at that data, or start a new run without ckpt=."
+        )
+
+
 def train(cfg: DictConfig) -> dict:
-    """Train, save ``checkpoints/last.ckpt``, test the last epoch; returns metrics.json's dict."""
+    """Train, save ``checkpoints/last.ckpt``, test the last epoch; returns metrics.json's dict.
+
+    Before any data work: the config values are checked, a resumed checkpoint is read (a file
+    that is not a tskd checkpoint is refused) and checked against the settings
+    (:func:`check_resume`), and the ImageNet weights ``model.pretrained`` asks for must be at
+    hand (a run without network access stops in seconds, not after the caches are built).
+    """
+    check_train_config(cfg)
+    resumed = load_checkpoint(cfg.ckpt) if cfg.ckpt else None
+    if resumed is not None:
+        check_resume(cfg, resumed, cfg.ckpt)
+    require_weights(cfg.model.pretrained, cfg.model.backbone)
     out = Path(cfg.paths.output_dir)
     if _is_local_zero():
         write_run_info(out)
         log.info("run dir: %s", out)
     pl.seed_everything(cfg.seed, workers=True)
     settings = device_settings(_plain(cfg.trainer))
-    dm = build_datamodule(cfg)
+    dm = build_datamodule(cfg, devices=local_devices(settings))
+    if resumed is not None:
+        check_resume_data(dm, resumed, cfg.ckpt)
     if _is_local_zero():
         dm.prepare_data()  # data and caches exist before DDP ranks start reading them
     dm.setup("fit")
@@ -112,33 +285,57 @@ def train(cfg: DictConfig) -> dict:
         log.warning("training on real data from random init (model.pretrained=false); the "
                     "paper's numbers need ImageNet weights: model.pretrained=true or a file path")
     trainer = build_trainer(cfg, training=True, settings=settings)
-    if cfg.get("ckpt"):
-        load_checkpoint(cfg.ckpt)  # a clear error before Lightning's own, for a bad path
-    trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt"), weights_only=True)
-    if not cfg.get("test_after_training", True):
+    trainer.fit(model, datamodule=dm, ckpt_path=cfg.ckpt, weights_only=True)
+    if not cfg.test_after_training:
         return {}
     trainer.test(model, datamodule=dm, verbose=False)
-    return _report(cfg, trainer, model.test_summaries, out)
+    last = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+    return _report(cfg, trainer, model.test_summaries, out, dm.name,
+                   {"checkpoint": str(Path(last).resolve()) if last else None,
+                    "img_size": list(dm.size), "data_root": str(Path(dm.root).resolve())})
 
 
+# ----------------------------------------------------------------------------- evaluate
 def overridden(overrides: list[str], key: str) -> bool:
     """Whether the command line set ``key`` (``key=...``, ``+key=...``)."""
     return any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides)
 
 
-def resolve_test_datamodule(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None,
-                    **dm_overrides) -> ReIDDataModule:
-    """The test datamodule for checkpoint ``ckpt``, checked against what it was trained on.
+def recorded_dataset(ckpt: dict) -> dict:
+    """The dataset node a checkpoint was trained with (name, root, size, split, cache...).
 
-    Backbone, image size and (RegDB) split come from the checkpoint unless the command line
-    overrides them; an explicit backbone that differs, another dataset, another RegDB split or a
-    class count that does not fit is refused unless the matching ``eval.allow_*`` switch is on.
+    Checkpoints record their whole run config; for one that records only the module's
+    arguments, the protocol's YAML (configs/dataset/<name>.yaml) fills in the keys it lacks.
+    """
+    hp = ckpt.get("hyper_parameters", {})
+    node = (hp.get("config") or {}).get("dataset")
+    if node:
+        return dict(node)
+    name = ckpt["tskd"]["dataset"]
+    base = OmegaConf.load(CONFIGS / "dataset" / f"{name}.yaml")
+    known = {k: v for k, v in OmegaConf.to_container(base, resolve=False).items()
+             if not (isinstance(v, str) and "${" in v)}  # the root interpolates paths.*
+    return {**known, **hp.get("dataset", {})}
+
+
+def eval_dataset(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None) -> dict:
+    """The dataset to test ``ckpt`` on, refused where it would not be a fair test.
+
+    With no ``dataset=...`` on the command line (``cfg.dataset.name`` null, eval.yaml's
+    default) it is the checkpoint's own dataset node: name, root, RegDB split, image size,
+    shots, cache folder. Command-line ``dataset.*`` keys replace single values
+    (``dataset.root=<new place>`` for data that was moved). With ``dataset=<option>`` that node
+    is used, with the checkpoint's image size and RegDB split unless the command line sets them.
+
+    Refused (:class:`CheckpointError`) unless the matching switch is on: another dataset
+    (``eval.allow_other_dataset``), another RegDB split (``eval.allow_other_trial``); always: an
+    explicit ``model.backbone`` other than the checkpoint's.
 
     Args:
         cfg: An eval-style config (``dataset``, ``mode``, ``data``, ``eval``, ``ckpt``).
         ckpt: The dict from :func:`tskd.checkpoint.load_checkpoint`.
-        overrides: The command line's overrides (Hydra's ``overrides.task``).
-        **dm_overrides: Datamodule arguments to force (e.g. one SYSU ``trial`` and ``modes``).
+        overrides: The command line's overrides (Hydra's ``overrides.task``); in-process
+            callers may omit it, non-null ``dataset.*`` values count as given.
     """
     overrides = list(overrides or [])
     meta = ckpt["tskd"]
@@ -148,46 +345,82 @@ def resolve_test_datamodule(cfg: DictConfig, ckpt: dict, overrides: list[str] | 
             f"{cfg.model.backbone} was asked for; drop the override (the checkpoint's backbone "
             "is used by default)."
         )
-    if cfg.dataset.name != meta["dataset"] and not cfg.eval.allow_other_dataset:
+    given = _plain(cfg.dataset)
+    if given.get("name") is None:  # no dataset=...: the checkpoint's, single keys replaced
+        d = recorded_dataset(ckpt)
+        explicit = {k for k, v in given.items()
+                    if v is not None or overridden(overrides, f"dataset.{k}")}
+        d.update({k: given[k] for k in explicit})
+        source = "the checkpoint"
+    else:
+        d = dict(given)
+        explicit = {k for k in d if overridden(overrides, f"dataset.{k}")}
+        source = "dataset=..."
+    if d["name"] != meta["dataset"] and not cfg.eval.allow_other_dataset:
         raise CheckpointError(
             f"checkpoint {cfg.ckpt} was trained on {meta['dataset']} but dataset="
-            f"{cfg.dataset.name} was asked for; evaluate on {meta['dataset']}, or set "
+            f"{d['name']} was asked for; evaluate on {meta['dataset']} (drop the dataset "
+            "override: the checkpoint's dataset is the default), or set "
             "eval.allow_other_dataset=true for a cross-dataset test."
         )
-    trial = cfg.dataset.trial
-    if cfg.dataset.name == "regdb" and meta["dataset"] == "regdb":
-        if not overridden(overrides, "dataset.trial"):
-            trial = meta["trial"]
-        elif trial != meta["trial"] and not cfg.eval.allow_other_trial:
+    if d["name"] == "regdb" and meta["dataset"] == "regdb":
+        if "trial" not in explicit:
+            d["trial"] = meta["trial"]
+        elif d["trial"] != meta["trial"] and not cfg.eval.allow_other_trial:
             raise CheckpointError(
                 f"checkpoint {cfg.ckpt} was trained on RegDB split {meta['trial']}; testing it on "
-                f"split {trial} uses identities it was trained on. Use dataset.trial="
+                f"split {d['trial']} uses identities it was trained on. Use dataset.trial="
                 f"{meta['trial']} (or eval.allow_other_trial=true to do it anyway)."
             )
     h, w = meta["img_size"]
-    if overridden(overrides, "dataset.img_h"):
-        h = cfg.dataset.img_h
-    if overridden(overrides, "dataset.img_w"):
-        w = cfg.dataset.img_w
-    dm = build_datamodule(cfg, **{"img_h": h, "img_w": w, "trial": trial, **dm_overrides})
+    d["img_h"] = d["img_h"] if "img_h" in explicit else h
+    d["img_w"] = d["img_w"] if "img_w" in explicit else w
+    check_dataset(cfg, d)
+    log.info("evaluating on %s at %s (%s), %dx%d, trial %s", d["name"], d["root"], source,
+             d["img_h"], d["img_w"], d["trial"])
+    return d
+
+
+def resolve_test_datamodule(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None,
+                            devices: int = 1, **dm_overrides) -> ReIDDataModule:
+    """The test-only datamodule for checkpoint ``ckpt`` (see :func:`eval_dataset`), set up.
+
+    The training lists are read for their class count, which must be the checkpoint's (another
+    copy or split of the data otherwise); only the test images are cached.
+
+    Args:
+        cfg: An eval-style config.
+        ckpt: The dict from :func:`tskd.checkpoint.load_checkpoint`.
+        overrides: The command line's overrides.
+        devices: Processes sharing this machine's CPUs (``data.num_workers=auto``).
+        **dm_overrides: Datamodule arguments to force (e.g. one SYSU ``trial`` and ``modes``).
+    """
+    meta = ckpt["tskd"]
+    d = eval_dataset(cfg, ckpt, overrides)
+    dm = build_datamodule(cfg, d, test_only=True, devices=devices, **dm_overrides)
+    if dm.name == meta["dataset"]:
+        found = dm.train_label_counts()["num_classes"]  # the lists only: refused before caching
+        if found != meta["num_classes"]:
+            raise CheckpointError(
+                f"checkpoint {cfg.ckpt} has {meta['num_classes']} classes but {dm.name} at "
+                f"{dm.root} has {found} training identities: it was trained on another copy or "
+                "split of the data. Point dataset.root at the data it was trained on."
+            )
     dm.prepare_data()
     dm.setup("test")
-    if cfg.dataset.name == meta["dataset"] and dm.num_classes != meta["num_classes"]:
-        raise CheckpointError(
-            f"checkpoint {cfg.ckpt} has {meta['num_classes']} classes but {cfg.dataset.name} at "
-            f"{cfg.dataset.root} has {dm.num_classes} training identities: it was trained on "
-            "another copy or split of the data. Point dataset.root at the data it was trained on."
-        )
     return dm
 
 
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
-    """Test ``cfg.ckpt`` (see :func:`resolve_test_datamodule`); returns metrics.json's dict."""
+    """Test ``cfg.ckpt`` (see :func:`eval_dataset`); returns metrics.json's dict."""
+    check_eval_config(cfg)
     ckpt = load_checkpoint(cfg.ckpt)
-    dm = resolve_test_datamodule(cfg, ckpt, overrides)
     settings = device_settings(_plain(cfg.trainer))
+    dm = resolve_test_datamodule(cfg, ckpt, overrides, devices=local_devices(settings))
     module = build_module(ckpt, cfg.ckpt, eval={k: cfg.eval[k] for k in ("flip", "rerank")},
                           channels_last=settings["channels_last"])
     trainer = build_trainer(cfg, training=False, settings=settings)
     trainer.test(module, datamodule=dm, verbose=False)
-    return _report(cfg, trainer, module.test_summaries, Path(cfg.paths.output_dir))
+    return _report(cfg, trainer, module.test_summaries, Path(cfg.paths.output_dir), dm.name,
+                   {"checkpoint": str(Path(cfg.ckpt).resolve()), "img_size": list(dm.size),
+                    "data_root": str(Path(dm.root).resolve())})

@@ -10,8 +10,9 @@ cam3 query does not see cam2 gallery images.
 
 The grid is written to ``<run dir>/ranked_lists/<setting>_trial<t>_<queries>.png`` with a
 ``.json`` beside it listing every row (indices, paths, identities, similarities). Options are
-under ``vis.*`` in ``configs/visualize.yaml``; the dataset, image size, backbone and RegDB split
-are resolved from the checkpoint as ``eval.py`` does.
+under ``vis.*`` in ``configs/visualize.yaml``; the dataset (name, root, image size, RegDB split)
+comes from the checkpoint as in ``eval.py`` (``dataset.root=...`` for data that was moved), and
+only the test images are cached.
 """
 
 from __future__ import annotations
@@ -240,25 +241,42 @@ def build_rows(ranking: Ranking, picked: np.ndarray, search, protocol, images, t
 
 
 # ------------------------------------------------------------------------------ the app
+SYSU_SETTINGS, REGDB_SETTINGS = ("all", "indoor"), ("visible2thermal", "thermal2visible")
+
+
 def _resolve_data(cfg: DictConfig, overrides: list[str], ckpt: dict, setting: str | None):
     """The test datamodule as eval resolves it; SYSU builds only the drawn mode and trial."""
-    from tskd.run import resolve_test_datamodule
+    from tskd.run import eval_dataset, resolve_test_datamodule
 
-    if cfg.dataset.name == "regdb":
-        if cfg.vis.trial is not None and cfg.vis.trial != ckpt["tskd"].get("trial"):
+    d = eval_dataset(cfg, ckpt, overrides)  # cheap: the checks only, before any data work
+    _check_setting(setting, d["name"])
+    if d["name"] == "regdb":
+        if cfg.vis.trial is not None and cfg.vis.trial != d["trial"]:
             raise DatasetError(f"vis.trial={cfg.vis.trial} but the RegDB split is "
-                               f"{ckpt['tskd'].get('trial')}; RegDB has one gallery per split: "
-                               "drop vis.trial.")
+                               f"{d['trial']}; RegDB has one gallery per split: drop vis.trial.")
         return resolve_test_datamodule(cfg, ckpt, overrides, modes=(cfg.mode.name,))
-    trial = cfg.vis.trial if cfg.vis.trial is not None else (cfg.dataset.trial or 0)
+    trial = cfg.vis.trial if cfg.vis.trial is not None else (d["trial"] or 0)
     return resolve_test_datamodule(cfg, ckpt, overrides, trial=trial,
-                           modes=(setting or cfg.mode.name,))
+                                   modes=(setting or cfg.mode.name,))
+
+
+def _check_setting(setting: str | None, dataset: str) -> None:
+    """``vis.setting`` is one of the dataset's searches (known once the checkpoint is read)."""
+    settings = SYSU_SETTINGS if dataset == "sysu" else REGDB_SETTINGS
+    if setting is not None and setting not in settings:
+        raise DatasetError(f"bad ranked-list options: vis.setting={setting!r} (use one of "
+                           f"{list(settings)} or null for {dataset}).")
 
 
 def _check_options(cfg: DictConfig, how) -> None:
-    """Refuse bad ``vis.*`` values up front, each with the accepted ones."""
-    vis, sysu = cfg.vis, cfg.dataset.name == "sysu"
-    settings = ("all", "indoor") if sysu else ("visible2thermal", "thermal2visible")
+    """Refuse bad ``vis.*`` values up front, each with the accepted ones.
+
+    Without ``dataset=...`` the dataset is the checkpoint's, so ``vis.setting`` is checked
+    against both datasets' searches here and against its own in :func:`_resolve_data`.
+    """
+    vis, name = cfg.vis, cfg.dataset.name
+    settings = {"sysu": SYSU_SETTINGS, "regdb": REGDB_SETTINGS}.get(
+        name, SYSU_SETTINGS + REGDB_SETTINGS)
     problems = []
     if vis.setting is not None and vis.setting not in settings:
         problems.append(f"vis.setting={vis.setting!r} (use one of {list(settings)} or null)")
@@ -278,12 +296,14 @@ def write_ranked_lists(cfg: DictConfig, overrides: list[str] | None = None) -> P
     import torch
 
     from tskd.checkpoint import build_module, load_checkpoint
+    from tskd.config_check import check_eval_config
     from tskd.evaluation import embed_protocol
 
     vis = cfg.vis
     how = vis.queries
     how = OmegaConf.to_container(how) if isinstance(how, ListConfig) else how
     _check_options(cfg, how)  # before any data or model is loaded
+    check_eval_config(cfg)
     ckpt = load_checkpoint(cfg.ckpt)
     dm = _resolve_data(cfg, list(overrides or []), ckpt, vis.setting)
     protocol = dm.protocol

@@ -43,6 +43,28 @@ from tskd.errors import DatasetError
 log = logging.getLogger(__name__)
 
 SYSU_TRIALS = range(10)
+MAX_AUTO_WORKERS = 8  # more loader workers than this per device only add memory
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a SLURM or taskset allocation)."""
+    if hasattr(os, "sched_getaffinity"):  # Linux: the mask, not the machine's count
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def resolve_num_workers(value: int | str, devices: int = 1) -> int:
+    """``data.num_workers``: an int as given; ``"auto"`` the process's CPUs per device, <= 8.
+
+    Args:
+        value: The config value, ``"auto"`` or a whole number >= 0.
+        devices: Training processes on this machine sharing its CPUs (DDP devices per node).
+    """
+    if value == "auto":
+        return max(1, min(MAX_AUTO_WORKERS, available_cpus() // max(1, int(devices))))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DatasetError(f"data.num_workers={value!r}: use auto or a whole number >= 0")
+    return value
 
 
 def default_cache_dir(root: str | Path) -> Path:
@@ -98,6 +120,10 @@ class ReIDDataModule(pl.LightningDataModule):
         seed: Seed of the identity sampler (augmentation draws derive from it).
         pad, erasing_p, gray_p, gray_draw, channel_exchange: Train augmentation
             (docs/method.md, "Batches").
+        test_only: Evaluation: cache and load only the test images. The training lists are
+            still read (for the class count a checkpoint must match) but their images are never
+            cached, which at SYSU-MM01 scale saves ~4 GB of disk and minutes. RegDB's one shared
+            cache holds the test images, so it is built either way.
     """
 
     def __init__(
@@ -121,6 +147,7 @@ class ReIDDataModule(pl.LightningDataModule):
         gray_p: float = 0.5,
         gray_draw: str = "caj",
         channel_exchange: bool = True,
+        test_only: bool = False,
     ) -> None:
         super().__init__()
         if name not in ("sysu", "regdb"):
@@ -141,6 +168,7 @@ class ReIDDataModule(pl.LightningDataModule):
             self.size[0], self.size[1], pad=pad, erasing_p=erasing_p, gray_p=gray_p,
             gray_draw=gray_draw, channel_exchange=channel_exchange,
         )
+        self.test_only = bool(test_only)
         self._ready = self._prepared = False
 
     # ----------------------------------------------------------------------------- lists
@@ -158,6 +186,18 @@ class ReIDDataModule(pl.LightningDataModule):
         if self.name == "sysu":
             return sysu.query_set(self.root), sysu.gallery_candidates(self.root, "all")
         return regdb.test_set(self.root, self.trial)
+
+    def train_label_counts(self) -> dict[str, int]:
+        """Identities, visible and infrared images of the training lists; reads no image.
+
+        What a checkpoint records about its training data (``num_classes``, ``num_visible``,
+        ``num_infrared``), so a resume or an evaluation can be checked against it before any
+        cache is built.
+        """
+        self._ensure_data()
+        vis, ir = self._train_lists()
+        return {"num_classes": max(r[1] for r in vis) + 1, "num_visible": len(vis),
+                "num_infrared": len(ir)}
 
     def _cache(self, paths: list[str], tag: str) -> np.ndarray:
         h, w = self.size
@@ -187,6 +227,8 @@ class ReIDDataModule(pl.LightningDataModule):
         sweep share it instead of writing ten copies.
         """
         if self.name == "sysu":
+            if self.test_only:  # evaluation never reads the training images
+                return None, None, self._cache([r[0] for r in test], "test")
             std = standard_train_arrays(self.root, self.size, vis_labels, ir_labels)
             if std is None:
                 std = (self._cache([r[0] for r in vis], "train_visible"),
