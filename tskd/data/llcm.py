@@ -49,6 +49,7 @@ import random
 import re
 from pathlib import Path
 
+from tskd.data.layout import require_folders
 from tskd.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -79,19 +80,8 @@ def check_root(root: str | os.PathLike) -> Path:
     Raises:
         DatasetError: The root or any of those folders is missing (all are listed).
     """
-    path = Path(root)
-    if not path.is_dir():
-        raise DatasetError(
-            f"LLCM root {str(root)!r} does not exist or is not a folder. Set dataset.root to "
-            f"the folder holding idx/, test_vis/ and test_nir/.\n{_LAYOUT}"
-        )
-    missing = [n for n in ("idx", "test_vis", "test_nir") if not (path / n).is_dir()]
-    if missing:
-        raise DatasetError(
-            f"LLCM root {str(root)!r} lacks the folder(s) {', '.join(missing)}. Set "
-            f"dataset.root to the unpacked LLCM folder.\n{_LAYOUT}"
-        )
-    return path
+    return require_folders(root, "LLCM", ("idx", "test_vis", "test_nir"),
+                           "idx/, test_vis/ and test_nir/", _LAYOUT)
 
 
 def read_test_ids(root: str | os.PathLike) -> list[int]:

@@ -28,6 +28,7 @@ import os
 import re
 from pathlib import Path, PureWindowsPath
 
+from tskd.data.layout import require_folders
 from tskd.errors import DatasetError
 
 DIRECTIONS = ("visible2thermal", "thermal2visible")
@@ -53,19 +54,8 @@ def check_root(root: str | os.PathLike) -> Path:
     Raises:
         DatasetError: The root or any of those folders is missing (all are listed).
     """
-    path = Path(root)
-    if not path.is_dir():
-        raise DatasetError(
-            f"RegDB root {str(root)!r} does not exist or is not a folder. Set dataset.root to "
-            f"the folder holding Visible/, Thermal/ and idx/.\n{_LAYOUT}"
-        )
-    missing = [name for name in ("Visible", "Thermal", "idx") if not (path / name).is_dir()]
-    if missing:
-        raise DatasetError(
-            f"RegDB root {str(root)!r} lacks the folder(s) {', '.join(missing)}. Set dataset.root "
-            f"to the unpacked RegDB folder.\n{_LAYOUT}"
-        )
-    return path
+    return require_folders(root, "RegDB", ("Visible", "Thermal", "idx"),
+                           "Visible/, Thermal/ and idx/", _LAYOUT)
 
 
 def _check_trial(trial: int) -> int:

@@ -40,6 +40,7 @@ import random
 import re
 from pathlib import Path
 
+from tskd.data.layout import require_folders
 from tskd.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -61,31 +62,13 @@ Record = tuple[str, int, int]
 
 
 def check_root(root: str | os.PathLike) -> Path:
-    """Check that ``root`` looks like a SYSU-MM01 folder.
-
-    Args:
-        root: Dataset root.
-
-    Returns:
-        ``root`` as a Path.
+    """Check that ``root`` looks like a SYSU-MM01 folder (cam1..cam6 and exp/).
 
     Raises:
         DatasetError: The root or any of cam1..cam6 / exp is missing (all are listed).
     """
-    path = Path(root)
-    if not path.is_dir():
-        raise DatasetError(
-            f"SYSU-MM01 root {str(root)!r} does not exist or is not a folder. "
-            f"Set dataset.root to the folder holding cam1..cam6 and exp/.\n{_LAYOUT}"
-        )
-    wanted = [f"cam{c}" for c in range(1, 7)] + ["exp"]
-    missing = [name for name in wanted if not (path / name).is_dir()]
-    if missing:
-        raise DatasetError(
-            f"SYSU-MM01 root {str(root)!r} lacks the folder(s) {', '.join(missing)}. "
-            f"Set dataset.root to the unpacked SYSU-MM01 folder.\n{_LAYOUT}"
-        )
-    return path
+    folders = [f"cam{c}" for c in range(1, 7)] + ["exp"]
+    return require_folders(root, "SYSU-MM01", folders, "cam1..cam6 and exp/", _LAYOUT)
 
 
 def _id_file(root: str | os.PathLike, split: str) -> str:

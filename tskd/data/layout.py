@@ -1,0 +1,38 @@
+"""The one check every dataset reader starts with: its root holds the folders of its layout."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from tskd.errors import DatasetError
+
+
+def require_folders(root: str | os.PathLike, dataset: str, folders: Sequence[str],
+                    holding: str, layout: str) -> Path:
+    """``root`` as a Path, once it is a folder containing every name in ``folders``.
+
+    Args:
+        root: The dataset root (``dataset.root``).
+        dataset: The dataset's name for messages, e.g. ``"SYSU-MM01"``.
+        folders: Sub-folders the layout needs.
+        holding: How to describe them to a user, e.g. ``"cam1..cam6 and exp/"``.
+        layout: The expected layout, appended to every message.
+
+    Raises:
+        DatasetError: The root is not a folder, or some folders are missing (all listed).
+    """
+    path = Path(root)
+    if not path.is_dir():
+        raise DatasetError(
+            f"{dataset} root {str(root)!r} does not exist or is not a folder. Set dataset.root "
+            f"to the folder holding {holding}.\n{layout}"
+        )
+    missing = [name for name in folders if not (path / name).is_dir()]
+    if missing:
+        raise DatasetError(
+            f"{dataset} root {str(root)!r} lacks the folder(s) {', '.join(missing)}. Set "
+            f"dataset.root to the unpacked {dataset} folder.\n{layout}"
+        )
+    return path
