@@ -1,0 +1,192 @@
+"""Evaluation from the checkpoint alone (tskd.run.evaluate in-process, configs composed by Hydra).
+
+The checkpoints here are written the way train.py writes them (the module's hyper-parameters,
+the whole run config, the ``tskd`` metadata) but untrained, on tiny synthetic trees, so each
+test runs in seconds. :func:`write_checkpoint` is shared with the resume tests.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from tskd.config_check import ConfigError
+from tskd.data import regdb, sysu
+from tskd.data.synthetic import make_regdb, make_sysu
+from tskd.errors import CheckpointError, DatasetError
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["model.backbone=resnet18", "model.pretrained=false", "dataset.img_h=64",
+         "dataset.img_w=32", "data.num_workers=0", "data.test_batch_size=64"]
+
+
+def compose_config(name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+def sysu_tree(root: Path, num_train: int = 6) -> Path:
+    return make_sysu(root, seed=5, num_train=num_train, num_val=2, num_test=5, images_per_cam=2,
+                     size=(96, 48))
+
+
+def regdb_tree(root: Path) -> Path:
+    return make_regdb(root, seed=2, num_ids=8, images_per_modality=2, size=(96, 48))
+
+
+def write_checkpoint(path: Path, overrides: list[str]) -> Path:
+    """A tskd checkpoint of an untrained model for the train config of ``overrides``."""
+    from tskd.models.tskd_module import TSKDModule
+    from tskd.run import _plain
+
+    cfg = compose_config("train", [*overrides, f"paths.output_dir={path.parent / 'run'}"])
+    d = cfg.dataset
+    vis, ir = (sysu.train_set(d.root) if d.name == "sysu" else regdb.train_set(d.root, d.trial))
+    torch.manual_seed(0)
+    m = TSKDModule(
+        num_classes=max(r[1] for r in vis) + 1, num_visible=len(vis), num_infrared=len(ir),
+        dataset={k: d[k] for k in ("name", "root", "trial", "img_h", "img_w")},
+        model=_plain(cfg.model), loss=_plain(cfg.loss), optim=_plain(cfg.optim),
+        eval={"flip": False, "rerank": False}, config=_plain(cfg),
+    )
+    meta: dict = {}
+    m.on_save_checkpoint(meta)
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams), **meta}, path)
+    return path
+
+
+def evaluate(ckpt: Path, out: Path, *keys: str) -> dict:
+    """tskd.run.evaluate as eval.py calls it, with only ``keys`` on the command line."""
+    from tskd.run import evaluate as run_evaluate
+
+    overrides = [f"ckpt={ckpt}", "data.num_workers=0", f"paths.output_dir={out}", *keys]
+    return run_evaluate(compose_config("eval", overrides), overrides)
+
+
+def caches(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "tskd_cache").glob("*.npy"))
+
+
+@pytest.fixture(scope="module")
+def sysu_ckpt(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sysu_ckpt")
+    root = sysu_tree(base / "SYSU")
+    keys = ["dataset=sysu", f"dataset.root={root}", *SMALL]
+    return write_checkpoint(base / "last.ckpt", keys), root
+
+
+def test_eval_uses_the_checkpoint_dataset_and_caches_only_the_test_images(sysu_ckpt, tmp_path):
+    ckpt, root = sysu_ckpt
+    metrics = evaluate(ckpt, tmp_path / "e", "mode=indoor")
+    on_disk = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert on_disk == metrics
+    assert (metrics["dataset"], metrics["mode"], len(metrics["trials"])) == ("sysu", "indoor", 10)
+    assert metrics["checkpoint"] == str(ckpt.resolve())
+    assert metrics["img_size"] == [64, 32]  # the checkpoint's, not eval.yaml's or sysu.yaml's
+    assert metrics["data_root"] == str(root.resolve())
+    assert caches(root) == ["sysu_test_64x32.npy"]  # no training caches
+
+
+def test_moved_data_needs_and_takes_dataset_root(sysu_ckpt, tmp_path):
+    ckpt, root = sysu_ckpt
+    moved = shutil.copytree(root, tmp_path / "moved", ignore=shutil.ignore_patterns("tskd_cache"))
+    wrong = tmp_path / "not_there"
+    with pytest.raises(DatasetError, match="SYSU-MM01 root '.*not_there' does not exist"):
+        evaluate(ckpt, tmp_path / "e0", f"dataset.root={wrong}")
+    metrics = evaluate(ckpt, tmp_path / "e1", f"dataset.root={moved}")
+    assert metrics["data_root"] == str(moved.resolve()) and metrics["img_size"] == [64, 32]
+    assert caches(moved) == ["sysu_test_64x32.npy"]
+
+
+def test_image_size_and_cache_dir_from_the_command_line(sysu_ckpt, tmp_path):
+    ckpt, root = sysu_ckpt
+    metrics = evaluate(ckpt, tmp_path / "e", "dataset.img_h=96", "dataset.img_w=48",
+                       f"dataset.cache_dir={tmp_path / 'c'}")
+    assert metrics["img_size"] == [96, 48]
+    assert sorted(p.name for p in (tmp_path / "c").glob("*.npy")) == ["sysu_test_96x48.npy"]
+
+
+def test_explicit_dataset_option_still_works(sysu_ckpt, tmp_path):
+    """dataset=sysu names the dataset: its root unless given, the checkpoint's image size."""
+    from tskd.run import eval_dataset, load_checkpoint
+
+    ckpt, root = sysu_ckpt
+    cfg = compose_config("eval", [f"ckpt={ckpt}", "dataset=sysu", f"dataset.root={root}",
+                                  f"paths.output_dir={tmp_path}"])
+    d = eval_dataset(cfg, load_checkpoint(ckpt), ["dataset=sysu", f"dataset.root={root}"])
+    assert (d["name"], d["root"], d["img_h"], d["img_w"]) == ("sysu", str(root), 64, 32)
+
+
+def test_other_dataset_refused_before_any_data_work(sysu_ckpt, tmp_path):
+    ckpt, _ = sysu_ckpt
+    with pytest.raises(CheckpointError, match="was trained on sysu but dataset=regdb"):
+        evaluate(ckpt, tmp_path / "e", "dataset=synthetic_regdb",
+                 f"paths.data_dir={tmp_path / 'data'}")
+    assert not (tmp_path / "data").exists()  # the synthetic RegDB tree was never generated
+    from tskd.run import eval_dataset, load_checkpoint
+
+    keys = ["dataset=regdb", f"dataset.root={tmp_path}", "eval.allow_other_dataset=true"]
+    cfg = compose_config("eval", [f"ckpt={ckpt}", *keys, f"paths.output_dir={tmp_path}"])
+    assert eval_dataset(cfg, load_checkpoint(ckpt), keys)["name"] == "regdb"  # allowed
+
+
+def test_backbone_override_refused(sysu_ckpt, tmp_path):
+    ckpt, _ = sysu_ckpt
+    with pytest.raises(CheckpointError, match="holds a resnet18 but model.backbone=resnet50"):
+        evaluate(ckpt, tmp_path / "e", "model.backbone=resnet50")
+
+
+def test_class_count_refused_before_caching(sysu_ckpt, tmp_path):
+    ckpt, _ = sysu_ckpt
+    other = sysu_tree(tmp_path / "other", num_train=9)
+    with pytest.raises(CheckpointError, match=r"has 8 classes but sysu at .*other has 11 training"):
+        evaluate(ckpt, tmp_path / "e", f"dataset.root={other}")
+    assert caches(other) == []
+
+
+def test_not_a_tskd_checkpoint_refused(tmp_path):
+    raw = tmp_path / "weights.pth"
+    torch.save(torch.nn.Linear(50, 60).state_dict(), raw)  # a raw state dict (12 KB)
+    with pytest.raises(CheckpointError, match="is not a tskd checkpoint"):
+        evaluate(raw, tmp_path / "e")
+
+
+def test_bad_eval_values_refused_at_start(sysu_ckpt, tmp_path):
+    ckpt, _ = sysu_ckpt
+    with pytest.raises(ConfigError) as err:
+        evaluate(ckpt, tmp_path / "e", "eval.flip=yes", "data.test_batch_size=0")
+    assert "eval.flip='yes' must be true or false" in str(err.value)
+    assert "data.test_batch_size=0 must be a whole number >= 1" in str(err.value)
+    with pytest.raises(ConfigError, match="dataset.img_h=8 must be a whole number >= 16"):
+        evaluate(ckpt, tmp_path / "e", "dataset.img_h=8")
+
+
+@pytest.fixture(scope="module")
+def regdb_ckpt(tmp_path_factory):
+    base = tmp_path_factory.mktemp("regdb_ckpt")
+    root = regdb_tree(base / "RegDB")
+    keys = ["dataset=regdb", f"dataset.root={root}", "dataset.trial=3", *SMALL]
+    return write_checkpoint(base / "last.ckpt", keys), root
+
+
+def test_regdb_split_comes_from_the_checkpoint(regdb_ckpt, tmp_path):
+    ckpt, root = regdb_ckpt
+    metrics = evaluate(ckpt, tmp_path / "e")
+    assert metrics["dataset"] == "regdb" and [t["trial"] for t in metrics["trials"]] == [3]
+    assert caches(root) == ["regdb_all_64x32.npy"]  # RegDB's one cache holds the test images
+
+
+def test_other_regdb_split_refused_unless_allowed(regdb_ckpt, tmp_path):
+    from tskd.run import eval_dataset, load_checkpoint
+
+    ckpt, _ = regdb_ckpt
+    with pytest.raises(CheckpointError, match="trained on RegDB split 3; testing it on split 5"):
+        evaluate(ckpt, tmp_path / "e", "dataset.trial=5")
+    keys = ["dataset.trial=5", "eval.allow_other_trial=true"]
+    cfg = compose_config("eval", [f"ckpt={ckpt}", *keys, f"paths.output_dir={tmp_path}"])
+    assert eval_dataset(cfg, load_checkpoint(ckpt), keys)["trial"] == 5
