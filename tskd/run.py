@@ -155,13 +155,19 @@ RESUME_MUST_MATCH = (
 RESUME_MAY_DIFFER = ("model.pretrained",)
 
 
-def _flatten(value, prefix: str) -> dict:
-    if isinstance(value, dict) and value:
-        out = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}"))
-        return out
-    return {prefix: value}
+def _differences(key: str, then, now):
+    """``(key, checkpoint value, this run's value)`` for every recorded leaf that differs."""
+    if isinstance(then, dict) and isinstance(now, dict):
+        for k, v in then.items():  # keys the checkpoint does not record are not checked
+            yield from _differences(f"{key}.{k}", v, now.get(k, _ABSENT))
+    elif key not in RESUME_MAY_DIFFER and then != now:
+        yield key, then, now
+
+
+# Why a mismatch matters, where the generic "must match" is not enough.
+_RESUME_WHY = {
+    "dataset.trial": " (another RegDB split puts that split's test identities into training)",
+}
 
 
 def _recorded_config(ckpt: dict) -> dict:
@@ -216,15 +222,10 @@ def check_resume(cfg: DictConfig, ckpt: dict, path: str) -> None:
         then = _get(then_cfg, key)
         if then is _ABSENT:
             continue
-        now = _get(now_cfg, key)
-        then_flat, now_flat = _flatten(then, key), _flatten(now, key)
-        for k in sorted(set(then_flat) | set(now_flat)):
-            if k in RESUME_MAY_DIFFER or k not in then_flat:
-                continue
-            if now_flat.get(k, _ABSENT) != then_flat[k]:
-                shown = "<missing>" if k not in now_flat else repr(now_flat[k])
-                diffs.append(f"{k}={shown} but the checkpoint was trained with "
-                             f"{k}={then_flat[k]!r}")
+        for k, was, now in _differences(key, then, _get(now_cfg, key)):
+            shown = "<missing>" if now is _ABSENT else repr(now)
+            diffs.append(f"{k}={shown} but the checkpoint was trained with {k}={was!r}"
+                         + _RESUME_WHY.get(k, ""))
     if diffs:
         raise CheckpointError(
             f"cannot resume from {path}: " + "; ".join(diffs) + ". Resume with the checkpoint's "
