@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +112,49 @@ def test_pad_too_large_for_the_image_warns_when_training(sysu_root, caplog, pad,
 def test_negative_pad_is_refused(tmp_path):
     with pytest.raises(DatasetError, match=r"data.pad=-1: .* >= 0"):
         ReIDDataModule(name="sysu", root=tmp_path, img_h=64, img_w=32, pad=-1)
+
+
+def test_num_workers_auto_follows_the_process_cpus(monkeypatch):
+    from tskd.data import datamodule
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    assert datamodule.resolve_num_workers("auto") == 8  # capped
+    assert datamodule.resolve_num_workers("auto", devices=8) == 4  # 32 CPUs shared by 8 ranks
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert datamodule.resolve_num_workers("auto") == 3
+    assert datamodule.resolve_num_workers("auto", devices=4) == 1  # never 0: not in-process
+    assert datamodule.resolve_num_workers(5) == 5 and datamodule.resolve_num_workers(0) == 0
+    monkeypatch.delattr(os, "sched_getaffinity")  # no affinity API (macOS): the CPU count
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert datamodule.resolve_num_workers("auto") == 6
+    with pytest.raises(DatasetError, match="data.num_workers='some'"):
+        datamodule.resolve_num_workers("some")
+
+
+def test_num_workers_auto_reaches_the_loaders(monkeypatch, sysu_root):
+    from hydra import compose, initialize_config_dir
+
+    from tskd.run import build_datamodule
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    configs = str(Path(__file__).resolve().parents[2] / "configs")
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        cfg = compose("train", ["dataset=sysu", f"dataset.root={sysu_root}"])
+    assert cfg.data.num_workers == "auto"
+    assert build_datamodule(cfg).num_workers == 6
+    assert build_datamodule(cfg, devices=2).num_workers == 3
+
+
+def test_test_only_caches_only_the_test_images(tmp_path):
+    root = make_sysu(tmp_path / "sysu", seed=4, num_train=5, num_val=2, num_test=4,
+                     images_per_cam=2, size=(32, 16))
+    dm = ReIDDataModule("sysu", str(root), img_h=16, img_w=8, num_workers=0, test_only=True)
+    counts = dm.train_label_counts()
+    vis, ir = sysu.train_set(str(root))
+    assert counts == {"num_classes": 7, "num_visible": len(vis), "num_infrared": len(ir)}
+    assert not (root / "tskd_cache").exists()  # counting reads the lists only
+    dm.prepare_data()
+    dm.setup("test")
+    assert sorted(p.name for p in (root / "tskd_cache").glob("*.npy")) == ["sysu_test_16x8.npy"]
+    assert dm.num_classes == 7 and dm.test_images.shape[1:] == (16, 8, 3)
+    assert len(next(iter(dm.test_dataloader()))[0]) > 0
