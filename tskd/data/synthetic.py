@@ -19,6 +19,12 @@ Defaults: about 1,300 SYSU, 480 RegDB or 550 LLCM images in a few seconds. The m
 ``.tskd_synthetic.json`` records the parameters; :func:`ensure_synthetic` regenerates on change.
 Generation holds an exclusive lock on ``.tskd_synthetic.lock`` in the folder, so concurrent
 runs (DDP ranks, two jobs started together) never delete a tree another one is writing.
+
+``ensure_synthetic(root, "sysu", scale="full")`` writes a SYSU-MM01 at the real dataset's scale
+instead (:func:`make_sysu_full`: 395 training + 96 test ids, 22,258 visible + 11,909 infrared
+training images, 3,803 queries), so the cost of an epoch can be measured without the licensed
+data. Its images are 64x32 by default (the cache resizes them to the model's size): about 45,000
+small JPEGs, ~100 MB, written in a couple of minutes on one core.
 """
 
 from __future__ import annotations
@@ -419,6 +425,100 @@ def make_llcm(root, seed=0, num_train=24, num_test=16, images_per_cam=2, size=(1
         return path
 
 
+# The real SYSU-MM01 counts (tskd/data/sysu.py): official train/val/test ids, training images
+# of train ∪ val per modality, test images per modality (infrared = the queries).
+SYSU_FULL = {"num_train": 296, "num_val": 99, "num_test": 96, "train_visible": 22258,
+             "train_infrared": 11909, "test_visible": 6775, "test_infrared": 3803}
+SCALES = ("small", "full")
+
+
+def _apportion(total: int, weights: np.ndarray) -> np.ndarray:
+    """``total`` split into integers >= 1 proportional to ``weights`` (largest remainders)."""
+    n = len(weights)
+    if total < n:
+        raise DatasetError(f"cannot give {n} (identity, camera) folders >= 1 image out of {total}")
+    share = (total - n) * weights / weights.sum()  # one image each first, the rest by weight
+    out = np.floor(share).astype(np.int64)
+    rest = total - n - int(out.sum())
+    out[np.argsort(-(share - out), kind="stable")[:rest]] += 1
+    return out + 1
+
+
+def make_sysu_full(root, seed=0, size=(64, 32)) -> Path:
+    """Write a SYSU-MM01-layout dataset at the real dataset's scale under ``root``.
+
+    Same figures, cameras and split rules as :func:`make_sysu` (validation ids without
+    cam1/cam2, every 8th test id without cam1/cam2), with the official counts of
+    :data:`SYSU_FULL`: 296 + 99 training ids, 96 test ids, and per split and modality exactly the
+    real number of images, spread over that split's (identity, camera) folders with random
+    weights in [0.5, 1.5] (the real per-camera counts vary too). The layout (splits, cameras,
+    counts, camera lights) is drawn from ``seed``; each identity's figure and images from
+    ``(seed, pid)``, so an identity's files do not depend on the order folders are written in.
+
+    Args:
+        root: Output folder (created).
+        seed: Seed of every random draw.
+        size: (height, width) of the generated images; small by default to bound disk and time
+            (the datamodule's cache resizes them to ``dataset.img_h`` x ``img_w``).
+    """
+    c = SYSU_FULL
+    params = _params("sysu", make_sysu_full, root, seed=seed, size=size)
+    params["scale"] = "full"
+    with _generation_lock(root):
+        path = _prepare(root, "sysu", params)
+        rng = np.random.default_rng(seed)
+        total = c["num_train"] + c["num_val"] + c["num_test"]
+        perm = [int(i) for i in
+                rng.permutation(3 * np.arange(total) + 1 + rng.integers(0, 2, total))]
+        n_tr, n_te = c["num_train"], c["num_test"]
+        splits = {"train": sorted(perm[:n_tr]), "val": sorted(perm[n_tr:-n_te]),
+                  "test": sorted(perm[-n_te:])}
+        for name in _LAYOUT_DIRS["sysu"]:
+            (path / name).mkdir()
+        for name, ids in splits.items():
+            (path / "exp" / f"{name}_id.txt").write_text(",".join(map(str, ids)) + "\n")
+        lights = {cam: _light(rng, cam in (3, 6)) for cam in range(1, 7)}
+
+        def pick(cams, p):
+            kept = [cam for cam in cams if rng.random() < p]
+            return kept or [cams[int(rng.integers(len(cams)))]]
+
+        cams_of: dict[int, list[int]] = {}
+        for pid in sorted(perm):
+            if pid in splits["test"]:
+                if splits["test"].index(pid) % 8 == 7:
+                    cams_of[pid] = pick((4, 5), 0.75) + pick((3, 6), 0.8)
+                else:
+                    cams_of[pid] = (pick((1, 2), 0.75)
+                                    + [cam for cam in (4, 5) if rng.random() < 0.75]
+                                    + pick((3, 6), 0.8))
+            elif pid in splits["val"]:
+                cams_of[pid] = pick((4, 5), 0.85) + pick((3, 6), 0.85)
+            else:
+                cams_of[pid] = pick((1, 2, 4, 5), 0.8) + pick((3, 6), 0.8)
+        # Exact totals per (split group, modality), spread over that group's folders.
+        count: dict[tuple[int, int], int] = {}
+        groups = {"train": splits["train"] + splits["val"], "test": splits["test"]}
+        for group, ids in groups.items():
+            for modality, cams in (("visible", (1, 2, 4, 5)), ("infrared", (3, 6))):
+                pairs = [(pid, cam) for pid in sorted(ids) for cam in sorted(cams_of[pid])
+                         if cam in cams]
+                n = _apportion(c[f"{group}_{modality}"], rng.uniform(0.5, 1.5, len(pairs)))
+                count.update(zip(pairs, (int(k) for k in n)))
+        for pid in sorted(perm):
+            pid_rng = np.random.default_rng([seed, pid])
+            ident = _identity(pid_rng)
+            for cam in sorted(cams_of[pid]):
+                folder = path / f"cam{cam}" / f"{pid:04d}"
+                folder.mkdir(parents=True)
+                for k in range(1, count[pid, cam] + 1):
+                    img = _render(ident, pid_rng, size, lights[cam], cam in (3, 6))
+                    Image.fromarray(img).save(folder / f"{k:04d}.jpg", quality=90)
+        (path / MARKER).write_text(json.dumps({**params, "complete": True}))
+        log.info("full-scale synthetic SYSU-MM01 written to %s", path)
+        return path
+
+
 _MAKERS = {"sysu": make_sysu, "regdb": make_regdb, "llcm": make_llcm}
 
 
@@ -438,20 +538,36 @@ def _params(layout: str, maker, root, **kw) -> dict:
     return json.loads(json.dumps({"layout": layout, "version": _VERSION, **args}, default=int))
 
 
-def ensure_synthetic(root: str | os.PathLike, layout: str, seed: int = 0, **kw) -> Path:
+def ensure_synthetic(root: str | os.PathLike, layout: str, seed: int = 0, scale: str = "small",
+                     **kw) -> Path:
     """Generate the synthetic ``layout`` ("sysu", "regdb" or "llcm") at ``root`` unless there.
 
     Generation is skipped when ``root/.tskd_synthetic.json`` records a completed run with the
     same parameters; otherwise the earlier synthetic tree is removed and rebuilt. Safe to call
     from several processes at once: one generates, the others wait for it and then use its
     result (see :func:`_generation_lock`).
+
+    Args:
+        root: Dataset folder.
+        layout: "sysu", "regdb" or "llcm".
+        seed: Seed of every random draw.
+        scale: "small" (the default, a few seconds) or "full" (SYSU only: the real dataset's
+            counts, :func:`make_sysu_full`). The small marker does not record ``scale``, so
+            folders generated before the option existed stay up to date.
+        **kw: Further arguments of the generator (e.g. ``size``).
     """
     if layout not in _MAKERS:
         raise DatasetError(f"Unknown synthetic layout {layout!r}; valid: {', '.join(_MAKERS)}.")
-    params = _params(layout, _MAKERS[layout], root, seed=seed, **kw)
+    if scale not in SCALES or (scale == "full" and layout != "sysu"):
+        raise DatasetError(f"synthetic scale={scale!r} for layout {layout!r}: use 'small', or "
+                           "'full' with the sysu layout")
+    maker = make_sysu_full if scale == "full" else _MAKERS[layout]
+    params = _params(layout, maker, root, seed=seed, **kw)
+    if scale == "full":
+        params["scale"] = "full"
     with _generation_lock(root):
         # Checked under the lock: a run that held it before us may have just finished this.
         if _read_marker(Path(root)) == {**params, "complete": True}:
             log.info("synthetic %s data at %s is up to date", layout, root)
             return Path(root)
-        return _MAKERS[layout](root, seed=seed, **kw)
+        return maker(root, seed=seed, **kw)
