@@ -80,6 +80,8 @@ class TSKDModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        model = dict(model)
+        compile_net = bool(model.pop("compile", False))  # a switch of ours, not a net argument
         self.net = TwoStreamNet(num_classes, **model)
         self.loss_cfg, self.optim_cfg = dict(loss), dict(optim)
         self.eval_cfg = dict(eval or {})
@@ -100,6 +102,19 @@ class TSKDModule(pl.LightningModule):
         self.test_summaries: list[dict] = []
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        if compile_net:
+            self._compile_training_forward()
+
+    def _compile_training_forward(self) -> None:
+        """``model.compile``: torch.compile the network's training forward.
+
+        Only ``forward_train`` is compiled: it is what the training step and both per-epoch
+        passes run, nearly all of an epoch's device time. It is replaced on the instance, so
+        ``self.net`` stays the plain module and checkpoints keep their parameter names (a
+        compiled ``nn.Module`` wrapper would prefix them with ``_orig_mod.``); the test-time
+        ``extract`` stays eager, so evaluation needs no compilation.
+        """
+        self.net.forward_train = torch.compile(self.net.forward_train)
 
     # --------------------------------------------------------------------------- inference
     def forward(self, x: torch.Tensor, modality) -> torch.Tensor:
@@ -132,6 +147,10 @@ class TSKDModule(pl.LightningModule):
         return self.conf_view1, self.conf_view2, self.conf_infrared
 
     def on_train_epoch_start(self) -> None:
+        # a per-epoch constant: logged once here instead of once per step; identical on every
+        # rank, so syncing only silences Lightning's DDP warning
+        self.log("train/stage", float({"warmup": 0, "I": 1, "II": 2}[self.stage]),
+                 on_step=False, on_epoch=True, sync_dist=True)
         if self.stage != "warmup" and self.loss_cfg["soft_identity"]:
             start = time.perf_counter()
             self._update_confidences()
@@ -224,15 +243,29 @@ class TSKDModule(pl.LightningModule):
                 total = total + self.loss_cfg["md_w"] * terms["md"]
             if not self.loss_cfg["prototype_pass"]:
                 self.bank.accumulate(f.detach(), labels3, slots, w)
+        # The one host synchronisation a step makes on purpose: the step must stop before the
+        # optimiser writes NaN into the weights (which the next checkpoint would keep), and the
+        # error names this batch.
         if not torch.isfinite(total):
             self._raise_non_finite(batch_idx, labels, vis_idx, ir_idx, terms)
-        for name, value in terms.items():
-            self.log(f"train/{name}", value, prog_bar=True, on_step=True, on_epoch=True,
-                     batch_size=b, sync_dist=True)
-        self.log("train/loss", total, on_step=True, on_epoch=True, batch_size=b, sync_dist=True)
-        self.log("train/stage", float({"warmup": 0, "I": 1, "II": 2}[cur]), on_step=False,
-                 on_epoch=True, batch_size=b, sync_dist=True)
+        self._log_terms({**terms, "loss": total}, b)
         return total
+
+    def _log_terms(self, values: dict[str, torch.Tensor], batch_size: int) -> None:
+        """Per-step values of this rank as ``train/<name>``, synced epoch means ``_epoch``.
+
+        Why two keys: Lightning reduces an ``on_step`` value logged with ``sync_dist=True``
+        across ranks at every step (one collective per term and step under DDP), although only
+        the epoch aggregates need the other ranks. The epoch keys (``train/ce_epoch``, ...) are
+        the same values as before; the step keys hold this rank's value (before: the rank mean,
+        named ``train/ce_step``). On one device nothing changes but the step keys' names.
+        """
+        for name, value in values.items():
+            value = value.detach()
+            self.log(f"train/{name}", value, prog_bar=name != "loss", on_step=True,
+                     on_epoch=False, batch_size=batch_size)
+            self.log(f"train/{name}_epoch", value, on_step=False, on_epoch=True,
+                     batch_size=batch_size, sync_dist=True)
 
     def _raise_non_finite(self, batch_idx, labels, vis_idx, ir_idx, terms) -> None:
         values = {k: float(v.detach()) for k, v in terms.items()}
