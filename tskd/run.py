@@ -152,7 +152,9 @@ RESUME_MUST_MATCH = (
     "data.gray_draw", "data.channel_exchange",
 )
 # model.pretrained only sets the weights before the first step; a resume replaces them all.
-RESUME_MAY_DIFFER = ("model.pretrained",)
+# model.compile (torch.compile) changes how the same network runs, not what it learns.
+RESUME_MAY_DIFFER = ("model.pretrained", "model.compile")
+_ABSENT = object()  # a key the config or the checkpoint does not have
 
 
 def _differences(key: str, then, now):
@@ -186,9 +188,6 @@ def _get(tree: dict, key: str):
     return tree
 
 
-_ABSENT = object()
-
-
 def check_resume(cfg: DictConfig, ckpt: dict, path: str) -> None:
     """Refuse to resume ``ckpt`` under settings other than those it was trained with.
 
@@ -207,7 +206,7 @@ def check_resume(cfg: DictConfig, ckpt: dict, path: str) -> None:
     ``callbacks``, ``paths``, ``mode`` and the SYSU gallery ``dataset.trial`` (test only),
     ``dataset.root`` and ``dataset.cache_dir`` (data that was moved; its counts are checked),
     ``dataset.shots``, ``model.pretrained`` (the checkpoint's weights replace the initial ones),
-    ``test_after_training``. Keys the checkpoint does not record are not checked.
+    ``model.compile``, ``test_after_training``. Keys the checkpoint does not record are not checked.
 
     Raises:
         CheckpointError: Naming each key, the checkpoint's value, this run's value and the fix.
@@ -347,7 +346,7 @@ def eval_dataset(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None
             "is used by default)."
         )
     given = _plain(cfg.dataset)
-    if given.get("name") is None:  # no dataset=...: the checkpoint's, single keys replaced
+    if given["name"] is None:  # no dataset=...: the checkpoint's, single keys replaced
         d = recorded_dataset(ckpt)
         explicit = {k for k, v in given.items()
                     if v is not None or overridden(overrides, f"dataset.{k}")}
