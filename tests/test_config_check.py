@@ -57,6 +57,7 @@ def _nothing_done(tmp_path) -> bool:
     ("loss.soft_identity", "yes", "true or false"),
     ("data.channel_exchange", "1", "true or false"),
     ("model.backbone", "resnet101", "one of resnet18|resnet34|resnet50"),
+    ("model.compile", "sometimes", "true or false"),
     ("trainer.max_epochs", "0", "a whole number >= 1"),
 ])
 def test_invalid_value_refused_at_start(tmp_path, key, value, want):

@@ -157,6 +157,7 @@ TRAIN_KEYS: dict[str, Check] = {
     "model.non_local": boolean,
     "model.nl_inter_channels": optional(integer(1)),
     "model.gem_p": number(0, strict=True),
+    "model.compile": boolean,
     "loss.sm_w": number(0),
     "loss.md_w": number(0),
     "loss.md_start": integer(0),
