@@ -1,6 +1,8 @@
-"""Evaluate a checkpoint: python eval.py ckpt=path/to/last.ckpt [dataset=...] [mode=indoor]
+"""Evaluate a checkpoint: python eval.py mode=indoor ckpt=path/to/last.ckpt
 
-Writes metrics.json in the Hydra run dir and prints the results table. See configs/eval.yaml.
+Dataset, root, split, image size and backbone come from the checkpoint (dataset.root=... when the
+data moved). Writes metrics.json in the Hydra run dir and prints the results table. See
+configs/eval.yaml.
 """
 
 import sys
