@@ -163,10 +163,11 @@ def test_flip_averages_the_image_and_its_mirror():
     torch.testing.assert_close(feats["pool"], want)
 
 
-def test_run_protocol_table_and_metrics_json(tmp_path):
+def test_summaries_table_and_metrics_json(tmp_path):
     protocol = sysu_protocol(trials=3)
     fn = Counting(protocol)
-    summaries = ev.run_protocol(fn, images_for(protocol), protocol, batch_size=32)
+    feats = ev.embed_protocol(fn, images_for(protocol), protocol, batch_size=32)
+    summaries = ev.summarize(ev.evaluate_features(feats, protocol), protocol)
     assert [(s["mode"], s["feature"]) for s in summaries] == [
         ("all", "fc"), ("all", "pool"), ("indoor", "fc"), ("indoor", "pool")]
     plain = ev.format_table(summaries, {"flip": False, "rerank": False})
@@ -207,3 +208,20 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(DatasetError, match=r"no feature for 1 protocol images \(first: index 0, "
                                            r"img0.png\)"):
         ev.evaluate_features(partial, protocol)
+
+
+def test_llcm_table_widens_the_setting_column_and_footnotes_deens_visible2infrared():
+    recs = [(pid, cam, INFRARED) for pid in range(4) for cam in (1, 2)]
+    recs += [(pid, cam, VISIBLE) for pid in range(4) for cam in (1, 2, 3)]
+    ir, vis = np.arange(8), np.arange(8, len(recs))
+    protocol = make(proto.TestProtocol, "llcm", recs,
+                    [Search("infrared2visible", 0, ir, vis), Search("visible2infrared", 0, ir, vis)])
+    feats = ev.embed_protocol(Counting(protocol), images_for(protocol), protocol)
+    summaries = ev.summarize(ev.evaluate_features(feats, protocol), protocol)
+    assert [(s["mode"], s["direction"]) for s in summaries[::2]] == [
+        (None, "infrared2visible"), (None, "visible2infrared")]
+    lines = ev.format_table(summaries).splitlines()
+    assert lines[2].split()[:2] == ["infrared2visible", "fc"]
+    assert lines[4].split()[:2] == ["visible2infrared*", "fc"]
+    assert lines[-1] == ("* visible2infrared (DEEN: sampled IR as queries, every visible image "
+                         "as the gallery)")

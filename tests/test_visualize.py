@@ -94,7 +94,7 @@ def _toy_features():
 
 def test_rank_hand_computed():
     q, g, qp, gp, qc, gc = _toy_features()
-    r = rank(q, g, qp, gp, qc, gc, sysu=True)
+    r = rank(q, g, qp, gp, qc, gc, metric="sysu")
     # query 0 (cam3) never sees the two cam2 items: kept order g3 (wrong), g0 (right)
     assert r.order[0, :2].tolist() == [3, 0] and r.kept[0].tolist() == [True, True, False, False]
     assert r.correct[0].tolist() == [False, True, False, False]
@@ -104,7 +104,7 @@ def test_rank_hand_computed():
     assert r.order[1].tolist() == [0, 2, 3, 1] and r.ap[1] == pytest.approx(0.25)
     assert np.isnan(r.ap[2]) and r.first_hit[2] == 0  # id 9 is not in the gallery
     # RegDB keeps everything: g1 1.0 (x), g3 .9 (x), g2 .8 (ok), g0 .6 (ok)
-    r2 = rank(q, g, qp, gp, qc, gc, sysu=False)
+    r2 = rank(q, g, qp, gp, qc, gc, metric="regdb")
     assert r2.order[0].tolist() == [1, 3, 2, 0]
     assert r2.ap[0] == pytest.approx((1 / 3 + 2 / 4) / 2) and r2.first_hit[0] == 3
 

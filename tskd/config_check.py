@@ -21,16 +21,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import tskd.resolvers  # noqa: F401  (dataset roots interpolate ${tskd.cwd:})
-from tskd.errors import TSKDError
+from tskd.data import registry
+from tskd.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
 
 MAX_AUTO_WORKERS = 8  # data.num_workers=auto: CPUs of the process, at most this many per device
 
 
-class ConfigError(TSKDError, ValueError):
-    """A config value has the wrong type or is out of range (the message names key and fix)."""
-
+__all__ = ["ConfigError", "check_dataset", "check_eval_config", "check_train_config"]
 
 _MISSING = object()
 
@@ -127,15 +126,22 @@ def synthetic(v) -> str | None:
     return "null or {layout: sysu|regdb|llcm, seed: <int>}"
 
 
+def dataset_name(v) -> str | None:
+    """A registered dataset (read when checked, so a dataset registered at run time counts)."""
+    names = registry.names()
+    return None if v in names else f"one of {names}"
+
+
 # Hints that say more than "must be X" for the keys people most often get wrong.
 _FIXES = {
     "data.num_workers": "auto uses the CPUs of this process (at most 8 per device)",
     "model.pretrained": "false trains from scratch",
-    "dataset.trial": "RegDB: the split 1..10; SYSU-MM01: the gallery trial 0..9, or null for all",
+    "dataset.trial": "RegDB: the split 1..10; SYSU-MM01, LLCM: the gallery trial 0..9, or null "
+                     "for all",
 }
 
 DATASET_KEYS: dict[str, Check] = {
-    "dataset.name": one_of("sysu", "regdb"),
+    "dataset.name": dataset_name,
     "dataset.root": text,
     "dataset.img_h": integer(16),  # the network downsamples by 16
     "dataset.img_w": integer(16),
@@ -277,12 +283,23 @@ def check_dataset(cfg: DictConfig, dataset: DictConfig | None = None) -> None:
     node = OmegaConf.create({"dataset": plain})
     problems = _problems(node, DATASET_KEYS)
     d = node.dataset
-    if not problems and d.name == "regdb" and d.trial not in range(1, 11):
-        problems.append(f"dataset.trial={d.trial!r} must be a RegDB split 1..10 "
-                        "(set dataset.trial=<1..10>)")
-    if not problems and d.name == "sysu" and d.trial is not None and d.trial not in range(10):
-        problems.append(f"dataset.trial={d.trial!r} must be a SYSU-MM01 gallery trial 0..9 or "
-                        "null for all ten (set dataset.trial=<0..9> or dataset.trial=null)")
+    if not problems:  # the dataset's own trial range and settings
+        spec = registry.get(d.name)
+        first, last = spec.trials.start, spec.trials.stop - 1
+        if spec.trial_selects_training and d.trial not in spec.trials:
+            problems.append(f"dataset.trial={d.trial!r} must be a {spec.title} split "
+                            f"{first}..{last} (set dataset.trial=<{first}..{last}>)")
+        elif d.trial is not None and d.trial not in spec.trials:
+            problems.append(f"dataset.trial={d.trial!r} must be a {spec.title} gallery trial "
+                            f"{first}..{last} or null for all of them (set dataset.trial="
+                            f"<{first}..{last}> or dataset.trial=null)")
+        settings = d.get("settings")
+        if settings is not None:
+            try:
+                spec.resolve_settings(list(settings), "all")
+            except DatasetError:
+                problems.append(f"dataset.settings={list(settings)!r} must list settings of "
+                                f"{spec.title}: {list(spec.settings)} (or be null)")
     _raise(problems, "dataset")
 
 

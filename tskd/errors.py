@@ -13,6 +13,10 @@ class DatasetError(TSKDError, ValueError):
     """A dataset folder, split file, image or cache is missing or malformed."""
 
 
+class ConfigError(TSKDError, ValueError):
+    """A config value has the wrong type or is out of range (the message names key and fix)."""
+
+
 class CheckpointError(TSKDError, RuntimeError):
     """A checkpoint is unreadable or does not fit the requested model/dataset."""
 

@@ -17,7 +17,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -26,10 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from tskd.checkpoint import build_module, load_checkpoint
 from tskd.config_check import check_dataset, check_eval_config, check_train_config
+from tskd.data import registry
 from tskd.data.datamodule import ReIDDataModule, resolve_num_workers
 from tskd.errors import CheckpointError
 from tskd.models.components.pretrained import require_weights
 from tskd.models.tskd_module import TSKDModule
+from tskd.results import format_table, write_metrics_json
 from tskd.trainer import build_trainer, device_settings
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def build_datamodule(cfg: DictConfig, dataset: DictConfig | dict | None = None, 
     data = cfg.data
     kw = dict(
         name=d.name, root=d.root, img_h=d.img_h, img_w=d.img_w, trial=d.trial,
-        modes=(cfg.mode.name,), shots=d.shots, cache_dir=d.cache_dir,
+        settings=d.get("settings"), mode=cfg.mode.name, shots=d.shots, cache_dir=d.cache_dir,
         synthetic=_plain(d.synthetic), num_workers=resolve_num_workers(data.num_workers, devices),
         test_batch_size=data.test_batch_size, seed=cfg.seed, test_only=test_only,
     )
@@ -109,32 +110,19 @@ def write_run_info(out: Path) -> None:
 
 
 
-def _write_json_atomic(path: Path, doc: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(doc, indent=2) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _report(cfg: DictConfig, trainer: pl.Trainer, summaries: list[dict], out: Path,
-            dataset_name: str, provenance: dict) -> dict:
-    """Write metrics.json (with ``provenance``: checkpoint, image size, data root) and print."""
+            dm: ReIDDataModule, provenance: dict) -> dict:
+    """Write metrics.json (with ``provenance``: checkpoint, image size, data root) and print.
+
+    The top-level summary is the first tested setting: SYSU's ``mode``, RegDB's
+    visible2thermal, LLCM's infrared2visible (each dataset's default order).
+    """
     options = {"flip": bool(cfg.eval.flip), "rerank": bool(cfg.eval.rerank)}
     if not trainer.is_global_zero:
         return {}
-    from tskd.evaluation import format_table, write_metrics_json
-
-    primary = cfg.mode.name if dataset_name == "sysu" else "visible2thermal"
-    result = write_metrics_json(out / "metrics.json", summaries, primary, options)
-    # which model and inputs produced the numbers (issue 11); added here because
-    # write_metrics_json writes only the summaries and options
-    result.update(provenance)
-    _write_json_atomic(out / "metrics.json", result)
+    # provenance: which model and inputs produced the numbers (issue 11)
+    result = write_metrics_json(out / "metrics.json", summaries, dm.settings[0], options,
+                                extra=provenance)
     print(format_table(summaries, options))  # the entry point's output, rank 0 only
     return result
 
@@ -166,10 +154,16 @@ def _differences(key: str, then, now):
         yield key, then, now
 
 
-# Why a mismatch matters, where the generic "must match" is not enough.
+# Why a mismatch matters, where the generic "must match" is not enough ({title}: the dataset's).
 _RESUME_WHY = {
-    "dataset.trial": " (another RegDB split puts that split's test identities into training)",
+    "dataset.trial": " (another {title} split puts that split's test identities into training)",
 }
+
+
+def _split_datasets(*names) -> list:
+    """The protocols among ``names`` whose trial selects the training data (RegDB's splits)."""
+    known = [registry.get(n) for n in names if n in registry.names()]
+    return [p for p in known if p.trial_selects_training]
 
 
 def _recorded_config(ckpt: dict) -> dict:
@@ -214,7 +208,8 @@ def check_resume(cfg: DictConfig, ckpt: dict, path: str) -> None:
     then_cfg = _recorded_config(ckpt)
     now_cfg = _plain(cfg)
     keys = list(RESUME_MUST_MATCH)
-    if cfg.dataset.name == "regdb" or _get(then_cfg, "dataset.name") == "regdb":
+    split = _split_datasets(cfg.dataset.name, _get(then_cfg, "dataset.name"))
+    if split:
         keys.append("dataset.trial")
     diffs = []
     for key in keys:
@@ -223,8 +218,8 @@ def check_resume(cfg: DictConfig, ckpt: dict, path: str) -> None:
             continue
         for k, was, now in _differences(key, then, _get(now_cfg, key)):
             shown = "<missing>" if now is _ABSENT else repr(now)
-            diffs.append(f"{k}={shown} but the checkpoint was trained with {k}={was!r}"
-                         + _RESUME_WHY.get(k, ""))
+            why = _RESUME_WHY.get(k, "").format(title=split[0].title if split else "")
+            diffs.append(f"{k}={shown} but the checkpoint was trained with {k}={was!r}" + why)
     if diffs:
         raise CheckpointError(
             f"cannot resume from {path}: " + "; ".join(diffs) + ". Resume with the checkpoint's "
@@ -290,7 +285,7 @@ def train(cfg: DictConfig) -> dict:
         return {}
     trainer.test(model, datamodule=dm, verbose=False)
     last = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-    return _report(cfg, trainer, model.test_summaries, out, dm.name,
+    return _report(cfg, trainer, model.test_summaries, out, dm,
                    {"checkpoint": str(Path(last).resolve()) if last else None,
                     "img_size": list(dm.size), "data_root": str(Path(dm.root).resolve())})
 
@@ -363,12 +358,14 @@ def eval_dataset(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None
             "override: the checkpoint's dataset is the default), or set "
             "eval.allow_other_dataset=true for a cross-dataset test."
         )
-    if d["name"] == "regdb" and meta["dataset"] == "regdb":
+    split = _split_datasets(d["name"]) if d["name"] == meta["dataset"] else []
+    if split:  # the trial is the training split: the checkpoint's, unless asked otherwise
         if "trial" not in explicit:
             d["trial"] = meta["trial"]
         elif d["trial"] != meta["trial"] and not cfg.eval.allow_other_trial:
             raise CheckpointError(
-                f"checkpoint {cfg.ckpt} was trained on RegDB split {meta['trial']}; testing it on "
+                f"checkpoint {cfg.ckpt} was trained on {split[0].title} split {meta['trial']}; "
+                f"testing it on "
                 f"split {d['trial']} uses identities it was trained on. Use dataset.trial="
                 f"{meta['trial']} (or eval.allow_other_trial=true to do it anyway)."
             )
@@ -421,6 +418,6 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
                           channels_last=settings["channels_last"])
     trainer = build_trainer(cfg, training=False, settings=settings)
     trainer.test(module, datamodule=dm, verbose=False)
-    return _report(cfg, trainer, module.test_summaries, Path(cfg.paths.output_dir), dm.name,
+    return _report(cfg, trainer, module.test_summaries, Path(cfg.paths.output_dir), dm,
                    {"checkpoint": str(Path(cfg.ckpt).resolve()), "img_size": list(dm.size),
                     "data_root": str(Path(dm.root).resolve())})

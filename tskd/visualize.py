@@ -5,12 +5,13 @@ top-k gallery images, each with a green border when the identity is right and re
 captioned with the cosine similarity and the gallery image's modality and camera. The caption
 strips are coloured by modality (infrared purple, visible blue), so a cross-modality search
 reads at a glance: a purple query beside blue results. A title line per row gives the setting,
-trial, the query's rank-1 correctness and its AP. The ranking is the metric's: for SYSU-MM01 a
-cam3 query does not see cam2 gallery images.
+trial, the query's rank-1 correctness and its AP. The ranking, the camera rule and the AP are the
+metric's own (:mod:`tskd.metrics.functional`): for SYSU-MM01 a cam3 query does not see cam2
+gallery images, for LLCM a query does not see its own identity from its own camera.
 
 The grid is written to ``<run dir>/ranked_lists/<setting>_trial<t>_<queries>.png`` with a
 ``.json`` beside it listing every row (indices, paths, identities, similarities). Options are
-under ``vis.*`` in ``configs/visualize.yaml``; the dataset (name, root, image size, RegDB split)
+under ``vis.*`` in ``configs/visualize.yaml``; the dataset (name, root, image size, split)
 comes from the checkpoint as in ``eval.py`` (``dataset.root=...`` for data that was moved), and
 only the test images are cached.
 """
@@ -27,8 +28,10 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
-from tskd.data.protocol import INFRARED, MODALITY_NAMES, VISIBLE
+from tskd.data import registry
+from tskd.data.protocol import INFRARED, MODALITY_NAMES, VISIBLE, DatasetProtocol
 from tskd.errors import DatasetError
+from tskd.metrics.functional import per_query, ranked_order, removed_mask
 
 log = logging.getLogger(__name__)
 
@@ -152,22 +155,26 @@ class Ranking:
 
 
 def rank(q_feats: np.ndarray, g_feats: np.ndarray, q_pids, g_pids, q_cams, g_cams,
-         sysu: bool) -> Ranking:
-    """Rank as the metric does: cosine similarity, stable sort, SYSU's cam3/cam2 rule."""
+         metric: str) -> Ranking:
+    """Rank as the metric does: cosine similarity, its stable order, camera rule and AP.
+
+    Args:
+        q_feats: (Q, C) L2-normalised query features.
+        g_feats: (G, C) gallery features.
+        q_pids, g_pids, q_cams, g_cams: Identities and cameras of both sides.
+        metric: The dataset's metric (``DatasetProtocol.metric``): its camera rule decides what
+            each query does not see.
+    """
     sims = np.asarray(q_feats, np.float32) @ np.asarray(g_feats, np.float32).T  # (Q, G)
     q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
-    removed = np.zeros(sims.shape, dtype=bool)
-    if sysu:  # a cam3 query does not see cam2: the two cameras share a room
-        removed = (np.asarray(q_cams)[:, None] == 3) & (np.asarray(g_cams)[None, :] == 2)
-    order = np.argsort(np.where(removed, np.inf, -sims), axis=1, kind="stable")
+    removed = removed_mask(metric, q_pids, q_cams, g_pids, g_cams)
+    order = ranked_order(-sims, removed)
     rows = np.arange(len(sims))[:, None]
     kept = ~removed[rows, order]
     correct = (g_pids[order] == q_pids[:, None]) & kept
-    hits = correct.sum(1)
-    pos = np.arange(1, sims.shape[1] + 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ap = (correct * np.cumsum(correct, 1) / pos).sum(1) / hits
-    first_hit = np.where(hits > 0, correct.argmax(1) + 1, 0)
+    numbers = per_query(metric, -sims, q_pids, g_pids, q_cams, g_cams)
+    ap = np.where(numbers["matches"] > 0, numbers["ap"], np.nan)
+    first_hit = np.where(correct.any(1), correct.argmax(1) + 1, 0)
     return Ranking(order, sims[rows, order], kept, correct, ap, first_hit)
 
 
@@ -241,45 +248,46 @@ def build_rows(ranking: Ranking, picked: np.ndarray, search, protocol, images, t
 
 
 # ------------------------------------------------------------------------------ the app
-SYSU_SETTINGS, REGDB_SETTINGS = ("all", "indoor"), ("visible2thermal", "thermal2visible")
-
-
 def _resolve_data(cfg: DictConfig, overrides: list[str], ckpt: dict, setting: str | None):
-    """The test datamodule as eval resolves it; SYSU builds only the drawn mode and trial."""
+    """The test datamodule as eval resolves it, built for the drawn setting (and trial) only."""
     from tskd.run import eval_dataset, resolve_test_datamodule
 
     d = eval_dataset(cfg, ckpt, overrides)  # cheap: the checks only, before any data work
-    _check_setting(setting, d["name"])
-    if d["name"] == "regdb":
+    spec = registry.get(d["name"])
+    _check_setting(setting, spec)
+    settings = (setting,) if setting else None
+    if spec.trial_selects_training:
         if cfg.vis.trial is not None and cfg.vis.trial != d["trial"]:
-            raise DatasetError(f"vis.trial={cfg.vis.trial} but the RegDB split is "
-                               f"{d['trial']}; RegDB has one gallery per split: drop vis.trial.")
-        return resolve_test_datamodule(cfg, ckpt, overrides, modes=(cfg.mode.name,))
+            raise DatasetError(f"vis.trial={cfg.vis.trial} but the {spec.title} split is "
+                               f"{d['trial']}; {spec.title} has one gallery per split: drop "
+                               "vis.trial.")
+        return resolve_test_datamodule(cfg, ckpt, overrides, settings=settings)
     trial = cfg.vis.trial if cfg.vis.trial is not None else (d["trial"] or 0)
-    return resolve_test_datamodule(cfg, ckpt, overrides, trial=trial,
-                                   modes=(setting or cfg.mode.name,))
+    return resolve_test_datamodule(cfg, ckpt, overrides, trial=trial, settings=settings)
 
 
-def _check_setting(setting: str | None, dataset: str) -> None:
+def _check_setting(setting: str | None, spec: DatasetProtocol) -> None:
     """``vis.setting`` is one of the dataset's searches (known once the checkpoint is read)."""
-    settings = SYSU_SETTINGS if dataset == "sysu" else REGDB_SETTINGS
-    if setting is not None and setting not in settings:
+    if setting is not None and setting not in spec.settings:
         raise DatasetError(f"bad ranked-list options: vis.setting={setting!r} (use one of "
-                           f"{list(settings)} or null for {dataset}).")
+                           f"{list(spec.settings)} or null for {spec.name}).")
 
 
 def _check_options(cfg: DictConfig, how) -> None:
     """Refuse bad ``vis.*`` values up front, each with the accepted ones.
 
     Without ``dataset=...`` the dataset is the checkpoint's, so ``vis.setting`` is checked
-    against both datasets' searches here and against its own in :func:`_resolve_data`.
+    against every dataset's settings here and against its own in :func:`_resolve_data`.
     """
     vis, name = cfg.vis, cfg.dataset.name
-    settings = {"sysu": SYSU_SETTINGS, "regdb": REGDB_SETTINGS}.get(
-        name, SYSU_SETTINGS + REGDB_SETTINGS)
+    if name is not None:
+        settings = list(registry.get(name).settings)
+    else:
+        settings = list(dict.fromkeys(s for n in registry.names()
+                                      for s in registry.get(n).settings))
     problems = []
     if vis.setting is not None and vis.setting not in settings:
-        problems.append(f"vis.setting={vis.setting!r} (use one of {list(settings)} or null)")
+        problems.append(f"vis.setting={vis.setting!r} (use one of {settings} or null)")
     if vis.feature not in ("fc", "pool"):
         problems.append(f"vis.feature={vis.feature!r} (use fc or pool)")
     if not (how in ("worst", "random") or isinstance(how, list)):
@@ -297,7 +305,7 @@ def write_ranked_lists(cfg: DictConfig, overrides: list[str] | None = None) -> P
 
     from tskd.checkpoint import build_module, load_checkpoint
     from tskd.config_check import check_eval_config
-    from tskd.evaluation import embed_protocol
+    from tskd.embedding import embed_protocol
 
     vis = cfg.vis
     how = vis.queries
@@ -307,7 +315,7 @@ def write_ranked_lists(cfg: DictConfig, overrides: list[str] | None = None) -> P
     ckpt = load_checkpoint(cfg.ckpt)
     dm = _resolve_data(cfg, list(overrides or []), ckpt, vis.setting)
     protocol = dm.protocol
-    setting = vis.setting or (cfg.mode.name if protocol.dataset == "sysu" else "visible2thermal")
+    setting = vis.setting or dm.settings[0]  # SYSU: mode; RegDB, LLCM: the first direction
     search = next(s for s in protocol.searches if s.setting == setting)
     if cfg.eval.rerank:
         log.warning("eval.rerank is on, but ranked lists show the plain cosine ranking")
@@ -326,7 +334,7 @@ def write_ranked_lists(cfg: DictConfig, overrides: list[str] | None = None) -> P
     g = f[[row_of[int(i)] for i in search.gallery]]
     ranking = rank(q, g, protocol.pids[search.query], protocol.pids[search.gallery],
                    protocol.cams[search.query], protocol.cams[search.gallery],
-                   sysu=protocol.dataset == "sysu")
+                   metric=registry.get(protocol.dataset).metric)
     picked = select_queries(ranking, search.query, how, int(vis.num_queries), int(vis.seed))
     rows, facts = build_rows(ranking, picked, search, protocol, dm.test_images, int(vis.topk))
     h, w = dm.size

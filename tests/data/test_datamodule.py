@@ -33,7 +33,7 @@ def test_cache_dir_falls_back_when_dataset_is_read_only(tmp_path, monkeypatch):
 
 
 def test_sysu_protocol_indexes_standard_galleries(sysu_root):
-    dm = ReIDDataModule("sysu", str(sysu_root), img_h=16, img_w=8, modes=("all", "indoor"),
+    dm = ReIDDataModule("sysu", str(sysu_root), img_h=16, img_w=8, settings=("all", "indoor"),
                         num_workers=0)
     dm.setup()
     p = dm.protocol

@@ -1,4 +1,4 @@
-"""The LightningDataModule: SYSU-MM01 / RegDB lists, the image cache, loaders for every pass.
+"""The LightningDataModule: any registered dataset's lists, the image cache, loaders for every pass.
 
 Passes it serves:
 - training: identity-aligned batches ``(vis1, vis2, ir, labels, vis_idx, ir_idx)`` from the
@@ -10,7 +10,8 @@ Passes it serves:
 - test: every image the test protocol needs, each once, with its modality and protocol index.
 
 All images come from memory-mapped uint8 caches, so workers share the page cache instead of each
-holding a copy of the arrays.
+holding a copy of the arrays. Everything particular to a dataset (lists, searches, trials, shared
+cache) comes from its :class:`~tskd.data.protocol.DatasetProtocol` in :mod:`tskd.data.registry`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tskd.data import regdb, sysu
-from tskd.data.cache import cached_images, standard_train_arrays
+from tskd.data import registry
+from tskd.data.cache import cached_images
 from tskd.data.datasets import (
     AugmentedPassSet,
     CachedImageSet,
@@ -34,7 +35,7 @@ from tskd.data.datasets import (
     RowView,
     TestImageSet,
 )
-from tskd.data.protocol import INFRARED, VISIBLE, Search, TestProtocol
+from tskd.data.protocol import VISIBLE, TestProtocol
 from tskd.data.samplers import CrossModalityIdentitySampler, FreshDrawBatches
 from tskd.data.synthetic import ensure_synthetic
 from tskd.data.transforms import TrainTransform
@@ -42,7 +43,6 @@ from tskd.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-SYSU_TRIALS = range(10)
 MAX_AUTO_WORKERS = 8  # more loader workers than this per device only add memory
 
 
@@ -98,21 +98,23 @@ def _warn_large_pad(pad: int, img_w: int) -> None:
 
 
 class ReIDDataModule(pl.LightningDataModule):
-    """SYSU-MM01 or RegDB for TSKD training and the standard test protocol.
+    """A registered dataset (SYSU-MM01, RegDB, LLCM, ...) for TSKD training and its test protocol.
 
     Args:
-        name: Protocol, ``"sysu"`` or ``"regdb"``.
-        root: Dataset folder in the raw layout (see PROTOCOL.md).
+        name: Registered dataset name (:func:`tskd.data.registry.names`).
+        root: Dataset folder in the raw layout (see docs/protocol.md).
         img_h: Cached image height.
         img_w: Cached image width.
-        trial: SYSU: gallery trial to test (None = all ten); RegDB: the split 1..10.
-        modes: SYSU search modes to test (``"all"``, ``"indoor"``); ignored for RegDB.
+        trial: SYSU/LLCM: gallery trial to test (None = all ten); RegDB: the split 1..10.
+        settings: Settings to test (SYSU modes, RegDB/LLCM directions); None: the dataset's
+            defaults for ``mode``.
+        mode: ``mode.name`` (SYSU: the search mode tested when ``settings`` is None).
         shots: Gallery images per identity and camera (SYSU).
         cache_dir: Folder for the resized-image caches. None: ``ROOT/tskd_cache``, or when the
             dataset folder is read-only a per-dataset folder under ``$XDG_CACHE_HOME/tskd``
             (``~/.cache/tskd``).
-        synthetic: ``{"layout": "sysu"|"regdb", "seed": int}`` to generate the dataset at ``root``
-            when it is not there yet, or None for real data.
+        synthetic: ``{"layout": "sysu"|"regdb"|"llcm", "seed": int}`` to generate the dataset
+            at ``root`` when it is not there yet, or None for real data.
         num_ids: P identities per batch (per device).
         num_pos: K images per identity and modality.
         num_workers: DataLoader workers.
@@ -122,8 +124,8 @@ class ReIDDataModule(pl.LightningDataModule):
             (docs/method.md, "Batches").
         test_only: Evaluation: cache and load only the test images. The training lists are
             still read (for the class count a checkpoint must match) but their images are never
-            cached, which at SYSU-MM01 scale saves ~4 GB of disk and minutes. RegDB's one shared
-            cache holds the test images, so it is built either way.
+            cached, which at SYSU-MM01 scale saves ~4 GB of disk and minutes. A shared cache of
+            every split (RegDB) holds the test images, so it is built either way.
     """
 
     def __init__(
@@ -133,7 +135,8 @@ class ReIDDataModule(pl.LightningDataModule):
         img_h: int = 288,
         img_w: int = 144,
         trial: int | None = None,
-        modes: tuple[str, ...] | list[str] = ("all",),
+        settings: tuple[str, ...] | list[str] | None = None,
+        mode: str = "all",
         shots: int = 1,
         cache_dir: str | None = None,
         synthetic: dict | None = None,
@@ -150,15 +153,10 @@ class ReIDDataModule(pl.LightningDataModule):
         test_only: bool = False,
     ) -> None:
         super().__init__()
-        if name not in ("sysu", "regdb"):
-            raise DatasetError(f"dataset.name={name!r} is not a protocol; use 'sysu' or 'regdb'")
-        if name == "regdb" and trial not in regdb.TRIALS:
-            raise DatasetError(f"dataset.trial={trial!r}: RegDB needs a split 1..10")
-        if name == "sysu" and trial is not None and trial not in SYSU_TRIALS:
-            raise DatasetError(f"dataset.trial={trial!r}: SYSU gallery trials are 0..9 (or null)")
-        self.name, self.root, self.trial = name, str(root), trial
+        self.spec = registry.get(name)
+        self.name, self.root, self.trial = name, str(root), self.spec.check_trial(trial)
         self.size = (int(img_h), int(img_w))
-        self.modes = tuple(modes)
+        self.settings = self.spec.resolve_settings(settings, mode)
         self.shots = int(shots)
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.root)
         self.synthetic = dict(synthetic) if synthetic else None
@@ -177,15 +175,7 @@ class ReIDDataModule(pl.LightningDataModule):
             ensure_synthetic(self.root, **self.synthetic)
 
     def _train_lists(self) -> tuple[list, list]:
-        if self.name == "sysu":
-            return sysu.train_set(self.root)
-        return regdb.train_set(self.root, self.trial)
-
-    def _test_lists(self) -> tuple[list, list]:
-        """(query-side records, gallery-side records) whose union the test cache holds."""
-        if self.name == "sysu":
-            return sysu.query_set(self.root), sysu.gallery_candidates(self.root, "all")
-        return regdb.test_set(self.root, self.trial)
+        return self.spec.train_lists(self.root, self.trial)
 
     def train_label_counts(self) -> dict[str, int]:
         """Identities, visible and infrared images of the training lists; reads no image.
@@ -222,27 +212,30 @@ class ReIDDataModule(pl.LightningDataModule):
                 ir_labels: np.ndarray) -> tuple:
         """(visible, infrared, test) image arrays aligned with the three record lists.
 
-        SYSU: one cache per list (or the standard ``train_*_resized_img.npy`` files). RegDB: one
-        cache of every image any split names, viewed through row indices, so the ten splits of a
-        sweep share it instead of writing ten copies.
+        One cache per list (or arrays another codebase wrote, where the dataset knows them,
+        e.g. SYSU's ``train_*_resized_img.npy``), unless the dataset declares a shared cache:
+        then one cache of every image any split names, viewed through row indices, so the ten
+        RegDB splits of a sweep share it instead of writing ten copies.
         """
-        if self.name == "sysu":
+        spec = self.spec
+        if spec.shared_cache_paths is None:
             if self.test_only:  # evaluation never reads the training images
                 return None, None, self._cache([r[0] for r in test], "test")
-            std = standard_train_arrays(self.root, self.size, vis_labels, ir_labels)
+            std = None
+            if spec.prebuilt_train_arrays is not None:
+                std = spec.prebuilt_train_arrays(self.root, self.size, vis_labels, ir_labels)
             if std is None:
                 std = (self._cache([r[0] for r in vis], "train_visible"),
                        self._cache([r[0] for r in ir], "train_infrared"))
             return (*std, self._cache([r[0] for r in test], "test"))
-        listed = regdb.listed_paths(self.root)
+        listed = spec.shared_cache_paths(self.root)
         images = self._cache(listed, "all")
         row = {p: i for i, p in enumerate(listed)}
         return tuple(RowView(images, [row[r[0]] for r in recs]) for recs in (vis, ir, test))
 
     def _load(self, build_only: bool = False) -> None:
         vis, ir = self._train_lists()
-        query_side, gallery_side = self._test_lists()
-        test = list(query_side) + list(gallery_side)
+        test, modality = self.spec.test_records(self.root, self.trial)
         vis_labels = np.array([r[1] for r in vis], dtype=np.int64)
         ir_labels = np.array([r[1] for r in ir], dtype=np.int64)
         vis_images, ir_images, test_images = self._arrays(vis, ir, test, vis_labels, ir_labels)
@@ -252,34 +245,15 @@ class ReIDDataModule(pl.LightningDataModule):
         self.visible_labels, self.infrared_labels = vis_labels, ir_labels
         self.visible_images, self.infrared_images = vis_images, ir_images
         self.test_images = test_images
-        self.protocol = self._protocol(list(query_side), list(gallery_side))
+        self.protocol = self._protocol(test, modality)
         log.info(
             "%s: %d ids, %d visible + %d infrared training images; %d test images, %d searches",
             self.name, self.num_classes, len(vis), len(ir), len(self.protocol.paths),
             len(self.protocol.searches),
         )
 
-    def _protocol(self, query_side: list, gallery_side: list) -> TestProtocol:
-        records = query_side + gallery_side
-        nq = len(query_side)
-        if self.name == "sysu":
-            modality = [INFRARED] * nq + [VISIBLE] * len(gallery_side)
-            row = {r[0]: nq + i for i, r in enumerate(gallery_side)}
-            query = np.arange(nq, dtype=np.int64)
-            trials = SYSU_TRIALS if self.trial is None else [self.trial]
-            searches = []
-            for mode in self.modes:
-                for t in trials:
-                    g = sysu.gallery_set(self.root, mode=mode, trial=t, shots=self.shots)
-                    searches.append(Search(mode, t, query, np.array([row[r[0]] for r in g])))
-        else:
-            modality = [VISIBLE] * nq + [INFRARED] * len(gallery_side)
-            vis_idx = np.arange(nq, dtype=np.int64)
-            th_idx = np.arange(nq, len(records), dtype=np.int64)
-            searches = [
-                Search("visible2thermal", self.trial, vis_idx, th_idx),
-                Search("thermal2visible", self.trial, th_idx, vis_idx),
-            ]
+    def _protocol(self, records: list, modality: list[int]) -> TestProtocol:
+        searches = self.spec.searches(self.root, self.trial, records, self.settings, self.shots)
         return TestProtocol(
             dataset=self.name, paths=[r[0] for r in records],
             pids=np.array([r[1] for r in records]), cams=np.array([r[2] for r in records]),

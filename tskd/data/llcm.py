@@ -50,6 +50,7 @@ import re
 from pathlib import Path
 
 from tskd.data.layout import require_folders
+from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Search, indices_of
 from tskd.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -407,3 +408,48 @@ def train_set(root: str | os.PathLike) -> tuple[list[Record], list[Record]]:
             "Restore the idx files."
         )
     return visible, infrared
+
+
+# --------------------------------------------------------------------------- the protocol
+STANDARD_SETTINGS = ("infrared2visible", "visible2infrared")  # what DEEN reports
+
+
+def _train_lists(root: str, trial: int | None) -> tuple[list[Record], list[Record]]:
+    return train_set(root)  # the trial draws test images only
+
+
+def _test_records(root: str, trial: int | None) -> tuple[list[Record], list[int]]:
+    """Every test_nir then every test_vis image: everything any setting and trial can use."""
+    nir, vis = all_test_images(root, "infrared"), all_test_images(root, "visible")
+    return nir + vis, [INFRARED] * len(nir) + [VISIBLE] * len(vis)
+
+
+def _searches(root: str, trial: int | None, records: list[Record], settings, shots: int
+              ) -> list[Search]:
+    """Every setting x trial with the query and gallery rows in their metric roles.
+
+    ``shots`` is not used: DEEN draws one image per (identity, camera).
+    """
+    row = {r[0]: i for i, r in enumerate(records)}
+    return [Search(s, t, indices_of(row, query_set(root, s, t)),
+                   indices_of(row, gallery_set(root, s, t)))
+            for s in settings for t in PROTOCOL.trial_list(trial)]
+
+
+PROTOCOL = DatasetProtocol(
+    name="llcm",
+    title="LLCM",
+    metric="llcm",  # a query ignores its own identity in its own camera; identity-level CMC
+    settings=SETTINGS,
+    setting_field="direction",
+    fixed_labels={"mode": None},
+    trials=TRIALS,
+    trial_selects_training=False,
+    trial_hint="LLCM test trials are 0..9 (or null)",
+    default_settings=lambda mode: STANDARD_SETTINGS,  # there is no search mode
+    train_lists=_train_lists,
+    test_records=_test_records,
+    searches=_searches,
+    notes={"visible2infrared": "DEEN: sampled IR as queries, every visible image as the gallery",
+           "visible2infrared_literal": "not DEEN's: every visible image as a query"},
+)

@@ -28,7 +28,10 @@ import os
 import re
 from pathlib import Path, PureWindowsPath
 
+import numpy as np
+
 from tskd.data.layout import require_folders
+from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Search
 from tskd.errors import DatasetError
 
 DIRECTIONS = ("visible2thermal", "thermal2visible")
@@ -259,3 +262,37 @@ def listed_paths(root: str | os.PathLike) -> list[str]:
             f"file for t in 1..10. Restore the idx folder.\n{_LAYOUT}"
         )
     return sorted(paths)
+
+
+# --------------------------------------------------------------------------- the protocol
+def _test_records(root: str, trial: int | None) -> tuple[list[Record], list[int]]:
+    vis, the = test_set(root, trial)
+    return vis + the, [VISIBLE] * len(vis) + [INFRARED] * len(the)
+
+
+def _searches(root: str, trial: int | None, records: list[Record], settings, shots: int
+              ) -> list[Search]:
+    """Each direction over the split's whole test set (no draw: one search per direction)."""
+    cams = np.array([r[2] for r in records])
+    vis = np.flatnonzero(cams == VISIBLE_CAM).astype(np.int64)
+    the = np.flatnonzero(cams == THERMAL_CAM).astype(np.int64)
+    sides = {"visible2thermal": (vis, the), "thermal2visible": (the, vis)}
+    return [Search(d, trial, *sides[d]) for d in settings]
+
+
+PROTOCOL = DatasetProtocol(
+    name="regdb",
+    title="RegDB",
+    metric="regdb",  # nothing removed; image-level CMC
+    settings=DIRECTIONS,
+    setting_field="direction",
+    fixed_labels={"mode": None},
+    trials=TRIALS,
+    trial_selects_training=True,
+    trial_hint="RegDB needs a split 1..10",
+    default_settings=lambda mode: DIRECTIONS,  # there is no search mode
+    train_lists=train_set,
+    test_records=_test_records,
+    searches=_searches,
+    shared_cache_paths=listed_paths,  # the ten splits of a sweep share one cache
+)

@@ -40,7 +40,9 @@ import random
 import re
 from pathlib import Path
 
+from tskd.data.cache import standard_train_arrays
 from tskd.data.layout import require_folders
+from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Search, indices_of
 from tskd.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -360,3 +362,42 @@ def gallery_candidates(root: str | os.PathLike, mode: str = "all") -> list[Recor
     if not found:
         raise _empty_gallery(root, cams, mode)
     return found
+
+
+# --------------------------------------------------------------------------- the protocol
+def _train_lists(root: str, trial: int | None) -> tuple[list[Record], list[Record]]:
+    return train_set(root)  # the gallery trial draws test images only
+
+
+def _test_records(root: str, trial: int | None) -> tuple[list[Record], list[int]]:
+    """Queries, then every image an all-search gallery can draw (indoor's cameras included)."""
+    query, candidates = query_set(root), gallery_candidates(root, "all")
+    return query + candidates, [INFRARED] * len(query) + [VISIBLE] * len(candidates)
+
+
+def _searches(root: str, trial: int | None, records: list[Record], settings, shots: int
+              ) -> list[Search]:
+    """Every mode x trial: the queries against that trial's drawn gallery."""
+    row = {r[0]: i for i, r in enumerate(records)}
+    query = indices_of(row, query_set(root))
+    return [Search(mode, t, query, indices_of(row, gallery_set(root, mode=mode, trial=t,
+                                                                shots=shots)))
+            for mode in settings for t in PROTOCOL.trial_list(trial)]
+
+
+PROTOCOL = DatasetProtocol(
+    name="sysu",
+    title="SYSU-MM01",
+    metric="sysu",  # cam3 queries ignore cam2 (same room); identity-level CMC
+    settings=tuple(GALLERY_CAMS),
+    setting_field="mode",
+    fixed_labels={"direction": "infrared2visible"},
+    trials=range(10),
+    trial_selects_training=False,
+    trial_hint="SYSU gallery trials are 0..9 (or null)",
+    default_settings=lambda mode: (mode,),  # mode=all|indoor picks the search
+    train_lists=_train_lists,
+    test_records=_test_records,
+    searches=_searches,
+    prebuilt_train_arrays=standard_train_arrays,
+)

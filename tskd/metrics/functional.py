@@ -203,8 +203,63 @@ def _llcm_removed(q_pids: np.ndarray, q_cams: np.ndarray, g_pids: np.ndarray,
     return (q_pids[:, None] == g_pids[None, :]) & (q_cams[:, None] == g_cams[None, :])
 
 
-def _evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int, identity_level: bool,
-              chunk_size: int | None, removal: _Removal | None) -> dict:
+@dataclass(frozen=True)
+class Rule:
+    """What a dataset's metric removes from each query's gallery and how it counts CMC.
+
+    Attributes:
+        removal: The camera rule (None: nothing is removed).
+        identity_level: CMC counts distinct identities (SYSU, LLCM) or images (RegDB).
+    """
+
+    removal: _Removal | None
+    identity_level: bool
+
+
+# The one definition of each dataset's rule; a DatasetProtocol names its entry.
+RULES = {
+    "sysu": Rule(_sysu_removed, identity_level=True),
+    "regdb": Rule(None, identity_level=False),
+    "llcm": Rule(_llcm_removed, identity_level=True),
+}
+
+
+def rule(metric: str) -> Rule:
+    """The :class:`Rule` called ``metric`` (a ``DatasetProtocol.metric``).
+
+    Raises:
+        DatasetError: No such metric (the message lists them).
+    """
+    if metric not in RULES:
+        raise DatasetError(f"no metric named {metric!r}; the metrics are {sorted(RULES)}")
+    return RULES[metric]
+
+
+def removed_mask(metric: str, q_pids, q_cams, g_pids, g_cams) -> np.ndarray:
+    """(Q, G) bool: the gallery items each query ignores under ``metric``'s camera rule."""
+    q_pids, g_pids = _ids(q_pids, "q_pids"), _ids(g_pids, "g_pids")
+    removal = rule(metric).removal
+    out = None if removal is None else removal(q_pids, _ids(q_cams, "q_cams"), g_pids,
+                                               _ids(g_cams, "g_cams"))
+    return np.zeros((len(q_pids), len(g_pids)), dtype=bool) if out is None else out
+
+
+def ranked_order(dist, removed: np.ndarray | None = None) -> np.ndarray:
+    """(Q, G) gallery columns of each query, best first, removed items last.
+
+    The order the metric's positions count in: ascending distance, ties in column order (a
+    stable sort). Only for showing lists; the metric itself never sorts a row.
+    """
+    d = np.asarray(dist, dtype=np.float64)
+    if removed is not None:
+        d = np.where(removed, np.inf, d)
+    return np.argsort(d, axis=1, kind="stable")
+
+
+def _per_query(dist, q_pids, g_pids, q_cams, g_cams, identity_level: bool,
+               chunk_size: int | None, removal: _Removal | None, max_rank: int = 1
+               ) -> tuple[np.ndarray, ...]:
+    """Checked inputs -> per-query (#correct kept, CMC rank, AP, INP) arrays."""
     if not isinstance(dist, torch.Tensor):
         dist = np.asarray(dist)
     if dist.ndim != 2:
@@ -235,7 +290,14 @@ def _evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int, identity_leve
             q_pids[s : s + step], q_cams[s : s + step], g_pids, g_cams)
         r, *vals = _search(block, rows, q_pids[s + rows], gal, removed, identity_level)
         m[s + r], rank[s + r], ap[s + r], inp[s + r] = vals
+    return m, rank, ap, inp
 
+
+def _evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int, identity_level: bool,
+              chunk_size: int | None, removal: _Removal | None) -> dict:
+    m, rank, ap, inp = _per_query(dist, q_pids, g_pids, q_cams, g_cams, identity_level,
+                                  chunk_size, removal, max_rank)
+    nq = len(m)
     valid = m > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
@@ -272,8 +334,7 @@ def evaluate_sysu(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int = 20,
     Raises:
         DatasetError: On mismatched shapes, NaN/inf distances, or when no query has a match.
     """
-    return _evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank, True, chunk_size,
-                     _sysu_removed)
+    return evaluate("sysu", dist, q_pids, g_pids, q_cams, g_cams, max_rank, chunk_size)
 
 
 def evaluate_regdb(dist, q_pids, g_pids, max_rank: int = 20, chunk_size: int | None = None) -> dict:
@@ -281,7 +342,7 @@ def evaluate_regdb(dist, q_pids, g_pids, max_rank: int = 20, chunk_size: int | N
 
     Args, return value and errors as :func:`evaluate_sysu`, without cameras.
     """
-    return _evaluate(dist, q_pids, g_pids, None, None, max_rank, False, chunk_size, None)
+    return evaluate("regdb", dist, q_pids, g_pids, None, None, max_rank, chunk_size)
 
 
 def evaluate_llcm(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int = 20,
@@ -299,5 +360,34 @@ def evaluate_llcm(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int = 20,
     (1..9) on both sides. A query whose every correct item is removed has no match and is left
     out of every average.
     """
-    return _evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank, True, chunk_size,
-                     _llcm_removed)
+    return evaluate("llcm", dist, q_pids, g_pids, q_cams, g_cams, max_rank, chunk_size)
+
+
+def evaluate(metric: str, dist, q_pids, g_pids, q_cams=None, g_cams=None, max_rank: int = 20,
+             chunk_size: int | None = None) -> dict:
+    """The metrics of a dataset's protocol by its metric name (``DatasetProtocol.metric``).
+
+    Same numbers as :func:`evaluate_sysu` / :func:`evaluate_regdb` / :func:`evaluate_llcm`;
+    cameras are only read where the rule removes something.
+    """
+    r = rule(metric)
+    if r.removal is None:
+        q_cams = g_cams = None
+    return _evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank, r.identity_level,
+                     chunk_size, r.removal)
+
+
+def per_query(metric: str, dist, q_pids, g_pids, q_cams=None, g_cams=None) -> dict:
+    """Each query's own numbers under ``metric``, as the averages use them.
+
+    Returns:
+        ``{"matches": int64 (Q,) correct items kept, "rank": int64 (Q,) CMC rank (1-based;
+        identities or images as the rule counts), "ap": float64 (Q,), "inp": float64 (Q,)}``;
+        a query with no match has 0 everywhere (the averages leave it out).
+    """
+    r = rule(metric)
+    if r.removal is None:
+        q_cams = g_cams = None
+    m, rank, ap, inp = _per_query(dist, q_pids, g_pids, q_cams, g_cams, r.identity_level, None,
+                                  r.removal)
+    return {"matches": m, "rank": rank, "ap": ap, "inp": inp}

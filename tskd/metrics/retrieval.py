@@ -17,7 +17,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from tskd.data.protocol import TestProtocol
 from tskd.errors import DatasetError
-from tskd.evaluation import evaluate_features, summarize
+from tskd.metrics.search import evaluate_features, summarize
 
 STATES = ("pool", "fc", "pids", "cams", "modality", "index")
 
@@ -76,7 +76,7 @@ class RetrievalMetric(Metric):
             )
 
     def compute(self) -> list[dict]:
-        """Summaries of every (setting, feature) (see :func:`tskd.evaluation.summarize`)."""
+        """Summaries of every (setting, feature) (see :func:`tskd.metrics.search.summarize`)."""
         if isinstance(self.index, list) and not self.index:
             raise DatasetError("RetrievalMetric.compute() before any update(); run the test "
                                "loader through update first")
