@@ -169,3 +169,25 @@ def test_unseen_sysu_tree_from_outside(tmp_path, repo):
     moved = root.rename(tmp_path / "moved" / "SYSU-MM01")  # the data moved, its cache with it
     again, _ = evaluate(outside / "moved_logs", f"dataset.root={moved}")
     assert again["mean"] == trained["mean"] and again["data_root"] == str(moved.resolve())
+
+
+def test_llcm_train_then_eval_reports_both_directions(tmp_path, data_dir):
+    """LLCM through the registry: one feature pass, both settings, labelled by direction."""
+    run = tmp_path / "train"
+    run_entry("train.py", ["dataset=synthetic_llcm", *TINY, "trainer.max_epochs=1",
+                           f"paths.data_dir={data_dir}", f"hydra.run.dir={run}"])
+    trained = json.loads((run / "metrics.json").read_text())
+    _check_schema(trained, "llcm", 10)
+    assert (trained["mode"], trained["direction"]) == (None, "infrared2visible")
+    out = tmp_path / "eval"
+    proc = run_entry("eval.py", [f"ckpt={run / 'checkpoints' / 'last.ckpt'}",
+                                 "data.num_workers=0", f"hydra.run.dir={out}"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    _check_schema(metrics, "llcm", 10)
+    assert [(r["direction"], r["feature"]) for r in metrics["results"]] == [
+        ("infrared2visible", "fc"), ("infrared2visible", "pool"),
+        ("visible2infrared", "fc"), ("visible2infrared", "pool")]
+    assert metrics["results"] == trained["results"]  # the same model and protocol
+    rows = [line.split()[:2] for line in proc.stdout.splitlines()]
+    assert ["infrared2visible", "fc"] in rows and ["visible2infrared*", "fc"] in rows
+    assert "* visible2infrared (DEEN: sampled IR as queries" in proc.stdout

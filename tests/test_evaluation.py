@@ -214,8 +214,8 @@ def test_llcm_table_widens_the_setting_column_and_footnotes_deens_visible2infrar
     recs = [(pid, cam, INFRARED) for pid in range(4) for cam in (1, 2)]
     recs += [(pid, cam, VISIBLE) for pid in range(4) for cam in (1, 2, 3)]
     ir, vis = np.arange(8), np.arange(8, len(recs))
-    protocol = make(proto.TestProtocol, "llcm", recs,
-                    [Search("infrared2visible", 0, ir, vis), Search("visible2infrared", 0, ir, vis)])
+    searches = [Search("infrared2visible", 0, ir, vis), Search("visible2infrared", 0, ir, vis)]
+    protocol = make(proto.TestProtocol, "llcm", recs, searches)
     feats = ev.embed_protocol(Counting(protocol), images_for(protocol), protocol)
     summaries = ev.summarize(ev.evaluate_features(feats, protocol), protocol)
     assert [(s["mode"], s["direction"]) for s in summaries[::2]] == [
