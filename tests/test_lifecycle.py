@@ -32,7 +32,7 @@ DEADLINE = 600  # seconds any one wait may take on a loaded machine before the t
 
 def _fake_ckpt(epoch: int) -> dict:
     """The smallest dict tskd.checkpoint.load_checkpoint accepts, tagged with its epoch."""
-    return {"tskd": {"dataset": "sysu"}, "epoch": epoch,
+    return {"tskd": {"format": 2, "dataset": "sysu"}, "epoch": epoch,
             "state_dict": {"w": torch.full((20000,), float(epoch))}}
 
 
@@ -106,7 +106,7 @@ import torch
 from tskd.checkpoint_io import write_checkpoint
 
 path, marker = Path(sys.argv[1]), Path(sys.argv[2])
-make = lambda e: {"tskd": {}, "epoch": e, "state_dict": {"w": torch.full((200000,), float(e))}}
+make = lambda e: {"tskd": {"format": 2}, "epoch": e, "state_dict": {"w": torch.full((200000,), float(e))}}
 write_checkpoint(make(0), path)
 write_checkpoint(make(1), path)
 real_save = torch.save

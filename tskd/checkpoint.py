@@ -51,7 +51,29 @@ def load_checkpoint(path: str | Path) -> dict:
             f"{p} is not a tskd checkpoint (no 'tskd' metadata); pass a checkpoint written by "
             "train.py (<run dir>/checkpoints/last.ckpt)."
         )
+    check_format(ckpt, p)
     return ckpt
+
+
+def check_format(ckpt: dict, path: str | Path = "<checkpoint>") -> None:
+    """Refuse a checkpoint whose layout (``ckpt["tskd"]["format"]``) this version cannot read.
+
+    The format number changes when what a checkpoint holds changes meaning (format 2: one
+    confidence per visible view, prototype bank sums as extra state); reading another one would
+    resume or test a model with wrongly placed state, so it stops here instead.
+
+    Raises:
+        CheckpointError: Naming the checkpoint's format, the one expected and the fix.
+    """
+    from tskd.models.tskd_module import CHECKPOINT_FORMAT  # heavy import only when needed
+
+    found = ckpt["tskd"].get("format") if isinstance(ckpt["tskd"], dict) else None
+    if found != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} has format {found!r} but this tskd version reads format "
+            f"{CHECKPOINT_FORMAT}; evaluate or resume it with the tskd version that wrote it "
+            "(its run_info.json names the git revision), or retrain with this one."
+        )
 
 
 def build_module(ckpt: dict, path: str | Path = "<checkpoint>", **overrides):
