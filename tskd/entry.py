@@ -16,17 +16,16 @@ whole sweep. Lightning keeps an existing handler and calls it after its own, so 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import tskd.resolvers  # noqa: F401  (registers ${tskd.*} before Hydra composes the config)
+from tskd.files import write_json_atomic
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -107,19 +106,6 @@ def guarded(main: Callable[[], Any]) -> int:
     return 0
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    # Two DDP ranks may both record an interruption in the shared run dir: rename, never a mix.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(obj, indent=2) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @contextlib.contextmanager
 def record_failure(run_dir: str | Path) -> Iterator[None]:
     """Write ``status.json`` if the body raises, then re-raise.
@@ -141,5 +127,5 @@ def record_failure(run_dir: str | Path) -> Iterator[None]:
             status = {"status": "failed",
                       "error": f"{type(e).__name__}: {e}".splitlines()[0][:2000]}
         status["traceback"] = traceback.format_exc()[-20000:]
-        _write_json_atomic(out / "status.json", status)
+        write_json_atomic(out / "status.json", status)  # two DDP ranks may both record
         raise
