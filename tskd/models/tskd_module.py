@@ -20,10 +20,10 @@ import time
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 
 from tskd.data.protocol import INFRARED, VISIBLE
+from tskd.embedding import flip_averaged
 from tskd.errors import NonFiniteLossError
 from tskd.losses import (
     BatchHardTriplet,
@@ -125,11 +125,9 @@ class TSKDModule(pl.LightningModule):
         """(pool, fc) features, averaged with the flipped image when ``eval.flip`` is on."""
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        pool, fc = self.net.extract(x, modality)
-        if self.eval_cfg.get("flip", False):
-            pool2, fc2 = self.net.extract(x.flip(3), modality)
-            pool, fc = F.normalize(pool + pool2, dim=1), F.normalize(fc + fc2, dim=1)
-        return pool, fc
+        if self.eval_cfg.get("flip", False):  # eval is optional (None: no test options)
+            return flip_averaged(self.net.extract, x, modality)
+        return self.net.extract(x, modality)
 
     # ----------------------------------------------------------------------------- stages
     @property
