@@ -365,4 +365,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from tskd.entry import guarded
+
+    # SIGTERM/Ctrl-C: status.json says "interrupted", exit status 128 + signal (as train/eval)
+    sys.exit(guarded(main))
