@@ -18,11 +18,11 @@ import torch
 from conftest import TINY, run_entry
 from torch.utils.data import DataLoader
 
+from tskd.checkpoint import build_module
 from tskd.data.datamodule import ReIDDataModule
 from tskd.data.datasets import AugmentedPassSet
 from tskd.data.samplers import CrossModalityIdentitySampler, FreshDrawBatches
 from tskd.losses import PrototypeBank, gmm_confidence, visible_view_confidences
-from tskd.models.components import TwoStreamNet
 from tskd.models.epoch_passes import accumulate_prototypes, augmented_losses
 
 HERE = Path(__file__).resolve().parent
@@ -48,8 +48,9 @@ def test_ddp_confidences_and_prototypes_equal_one_process(tmp_path, data_dir):
     dm.setup("fit")
     n_vis, n_ir = len(dm.visible_labels), len(dm.infrared_labels)
 
-    def net_with(weights: str) -> TwoStreamNet:
-        net = TwoStreamNet(hp["num_classes"], **{**hp["model"], "pretrained": False})
+    def net_with(weights: str) -> torch.nn.Module:
+        # the checkpoint's own builder: the network exactly as the run built it
+        net = build_module(ckpt, run / "checkpoints" / "last.ckpt").net
         net.load_state_dict(torch.load(probe / f"{weights}_epoch{EPOCH}.pt", weights_only=True))
         return net
 
