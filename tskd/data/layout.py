@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from tskd.errors import DatasetError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")  # what a listing counts as an image
+CAM_DIR = re.compile(r"cam(\d+)")  # a camera folder, matched against one path part only
 
 
 def require_folders(root: str | os.PathLike, dataset: str, folders: Sequence[str],

@@ -46,11 +46,10 @@ import logging
 import operator
 import os
 import random
-import re
 from pathlib import Path
 
-from tskd.data.layout import require_folders
-from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Search, indices_of
+from tskd.data.layout import CAM_DIR, IMAGE_EXTENSIONS, require_folders
+from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Record, Search, indices_of
 from tskd.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,6 @@ MODALITIES = {"visible": ("test_vis", VISIBLE_CAMS), "infrared": ("test_nir", IN
 TRAIN_FILES = {"visible": "train_vis.txt", "infrared": "train_nir.txt"}
 SETTINGS = ("infrared2visible", "visible2infrared", "visible2infrared_literal")
 TRIALS = range(10)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 UNKNOWN_CAM = 0  # training paths without a cam<k> folder: the camera is not recorded
 
 _LAYOUT = (
@@ -70,9 +68,7 @@ _LAYOUT = (
     "  ROOT/test_vis/cam1 ... cam9/<pid as %04d>/<image>.jpg\n"
     "  ROOT/test_nir/cam1, cam2, cam4 ... cam9/<pid as %04d>/<image>.jpg"
 )
-_CAM_DIR = re.compile(r"cam(\d+)")
 
-Record = tuple[str, int, int]
 
 
 def check_root(root: str | os.PathLike) -> Path:
@@ -139,7 +135,7 @@ def parse_path(path: str | os.PathLike) -> tuple[int, int]:
     """
     parts = Path(path).parts
     if len(parts) >= 3:
-        cam_match = _CAM_DIR.fullmatch(parts[-3])
+        cam_match = CAM_DIR.fullmatch(parts[-3])
         pid_dir = parts[-2]
         if cam_match and pid_dir.isascii() and pid_dir.isdigit():
             cam = int(cam_match.group(1))
@@ -307,7 +303,7 @@ def gallery_set(root: str | os.PathLike, setting: str, trial: int = 0) -> list[R
 def _train_camera(rel: str) -> int:
     """Camera of a training path: the nearest ``cam<k>`` folder of the relative path, if any."""
     for part in reversed(Path(rel).parts[:-1]):
-        match = _CAM_DIR.fullmatch(part)
+        match = CAM_DIR.fullmatch(part)
         if match:
             return int(match.group(1))
     return UNKNOWN_CAM

@@ -31,7 +31,7 @@ from pathlib import Path, PureWindowsPath
 import numpy as np
 
 from tskd.data.layout import require_folders
-from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Search
+from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Record, Search
 from tskd.errors import DatasetError
 
 DIRECTIONS = ("visible2thermal", "thermal2visible")
@@ -48,7 +48,6 @@ _LAYOUT = (
     "  ROOT/idx/{train,test}_{visible,thermal}_{1..10}.txt with lines 'relative/path label'"
 )
 
-Record = tuple[str, int, int]
 
 
 def check_root(root: str | os.PathLike) -> Path:

@@ -37,12 +37,11 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 from pathlib import Path
 
 from tskd.data.cache import standard_train_arrays
-from tskd.data.layout import require_folders
-from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Search, indices_of
+from tskd.data.layout import CAM_DIR, IMAGE_EXTENSIONS, require_folders
+from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Record, Search, indices_of
 from tskd.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,6 @@ log = logging.getLogger(__name__)
 VISIBLE_CAMS = (1, 2, 4, 5)
 INFRARED_CAMS = (3, 6)
 GALLERY_CAMS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 SPLITS = ("train", "val", "test")
 
 _LAYOUT = (
@@ -58,9 +56,7 @@ _LAYOUT = (
     "  ROOT/cam1 ... ROOT/cam6/<pid as %04d>/<image>.jpg\n"
     "  ROOT/exp/train_id.txt, val_id.txt, test_id.txt"
 )
-_CAM_DIR = re.compile(r"cam(\d+)")
 
-Record = tuple[str, int, int]
 
 
 def check_root(root: str | os.PathLike) -> Path:
@@ -203,7 +199,7 @@ def parse_path(path: str | os.PathLike) -> tuple[int, int]:
     """
     parts = Path(path).parts
     if len(parts) >= 3:
-        cam_match = _CAM_DIR.fullmatch(parts[-3])
+        cam_match = CAM_DIR.fullmatch(parts[-3])
         pid_dir = parts[-2]
         if cam_match and pid_dir.isascii() and pid_dir.isdigit():
             cam = int(cam_match.group(1))
