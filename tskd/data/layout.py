@@ -40,3 +40,25 @@ def require_folders(root: str | os.PathLike, dataset: str, folders: Sequence[str
             f"dataset.root to the unpacked {dataset} folder.\n{layout}"
         )
     return path
+
+
+def sorted_images(folder: str, dataset: str) -> list[str]:
+    """Sorted image paths in ``folder`` (``[]`` when the folder does not exist).
+
+    Raises:
+        DatasetError: The folder exists but holds no image (an empty identity folder would
+            otherwise silently drop a gallery draw).
+    """
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(
+        e.name for e in os.scandir(folder)
+        if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+    )
+    if not names:
+        raise DatasetError(
+            f"{dataset} folder {folder} exists but holds no image ({', '.join(IMAGE_EXTENSIONS)})."
+            " Remove the empty folder or restore its images."
+        )
+    # Joining onto the sorted names equals sorting the joined paths (shared prefix).
+    return [os.path.join(folder, name) for name in names]

@@ -48,7 +48,7 @@ import os
 import random
 from pathlib import Path
 
-from tskd.data.layout import CAM_DIR, IMAGE_EXTENSIONS, require_folders
+from tskd.data.layout import CAM_DIR, require_folders, sorted_images
 from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Record, Search, indices_of
 from tskd.errors import DatasetError
 
@@ -68,7 +68,6 @@ _LAYOUT = (
     "  ROOT/test_vis/cam1 ... cam9/<pid as %04d>/<image>.jpg\n"
     "  ROOT/test_nir/cam1, cam2, cam4 ... cam9/<pid as %04d>/<image>.jpg"
 )
-
 
 
 def check_root(root: str | os.PathLike) -> Path:
@@ -154,19 +153,7 @@ def list_id_images(root: str | os.PathLike, modality: str, cam: int, pid: int) -
         DatasetError: Unknown modality, or the folder exists but holds no image.
     """
     folder = os.path.join(root, _modality(modality)[0], f"cam{cam}", f"{pid:04d}")
-    if not os.path.isdir(folder):
-        return []
-    names = sorted(
-        e.name for e in os.scandir(folder)
-        if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
-    )
-    if not names:
-        raise DatasetError(
-            f"LLCM folder {folder} exists but holds no image ({', '.join(IMAGE_EXTENSIONS)}). "
-            "Remove the empty folder or restore its images."
-        )
-    # Joining onto the sorted names equals sorting the joined paths (shared prefix).
-    return [os.path.join(folder, name) for name in names]
+    return sorted_images(folder, "LLCM")
 
 
 def _modality(modality: str) -> tuple[str, tuple[int, ...]]:

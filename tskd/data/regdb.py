@@ -49,7 +49,6 @@ _LAYOUT = (
 )
 
 
-
 def check_root(root: str | os.PathLike) -> Path:
     """Check that ``root`` holds ``Visible/``, ``Thermal/`` and ``idx/``.
 

@@ -40,7 +40,7 @@ import random
 from pathlib import Path
 
 from tskd.data.cache import standard_train_arrays
-from tskd.data.layout import CAM_DIR, IMAGE_EXTENSIONS, require_folders
+from tskd.data.layout import CAM_DIR, require_folders, sorted_images
 from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Record, Search, indices_of
 from tskd.errors import DatasetError
 
@@ -56,7 +56,6 @@ _LAYOUT = (
     "  ROOT/cam1 ... ROOT/cam6/<pid as %04d>/<image>.jpg\n"
     "  ROOT/exp/train_id.txt, val_id.txt, test_id.txt"
 )
-
 
 
 def check_root(root: str | os.PathLike) -> Path:
@@ -217,20 +216,7 @@ def list_id_images(root: str | os.PathLike, cam: int, pid: int) -> list[str]:
     Raises:
         DatasetError: The folder exists but holds no image.
     """
-    folder = os.path.join(root, f"cam{cam}", f"{pid:04d}")
-    if not os.path.isdir(folder):
-        return []
-    names = sorted(
-        e.name for e in os.scandir(folder)
-        if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
-    )
-    if not names:
-        raise DatasetError(
-            f"SYSU-MM01 folder {folder} exists but holds no image ({', '.join(IMAGE_EXTENSIONS)})."
-            " Remove the empty folder or restore its images."
-        )
-    # Joining onto the sorted names equals sorting the joined paths (shared prefix).
-    return [os.path.join(folder, name) for name in names]
+    return sorted_images(os.path.join(root, f"cam{cam}", f"{pid:04d}"), "SYSU-MM01")
 
 
 def train_pids(root: str | os.PathLike) -> list[int]:
