@@ -169,14 +169,6 @@ def test_draws_leave_the_global_random_state_alone(root):
     assert llcm.gallery_set(root, "infrared2visible", 5) == first
 
 
-def test_parse_path_uses_parts(root):
-    for path, pid, cam in llcm.all_test_images(root, "visible") + llcm.all_test_images(
-            root, "infrared"):
-        assert llcm.parse_path(path) == (pid, cam)
-    with pytest.raises(DatasetError, match="Cannot read identity/camera"):
-        llcm.parse_path(os.path.join(root, "test_vis", "cam1", "x", "0001.jpg"))
-
-
 def test_train_set(root):
     visible, infrared = llcm.train_set(root)
     assert len(visible) == 2 + 1 + 1 + 3 and len(infrared) == 1 + 2 + 1 + 1

@@ -135,17 +135,6 @@ def test_gallery_candidates_cover_every_trial(root):
             assert set(sysu.gallery_set(root, mode, t, shots=10)) <= set(cands)
 
 
-def test_parse_path_uses_parts(root):
-    for path, pid, cam in sysu.query_set(root) + sysu.gallery_set(root):
-        assert sysu.parse_path(path) == (pid, cam)
-    assert sysu.parse_path("/data/cam6/0001/cam2/0042/0007.jpg") == (42, 2)
-    assert sysu.parse_path(os.path.join("x9", "cam5", "0533", "0001.jpg")) == (533, 5)
-    for bad in ("cam2/abc/0001.jpg", "0001.jpg", "cam7/0001/x.jpg", "camera2/0001/x.jpg"):
-        with pytest.raises(DatasetError, match="expected .../camN/<pid>/<image>") as err:
-            sysu.parse_path(bad)
-        assert bad in str(err.value)
-
-
 def test_train_set_order_labels_counts(root):
     visible, infrared = sysu.train_set(root)
     ids = sorted(TRAIN + VAL)

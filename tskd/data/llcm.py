@@ -126,26 +126,6 @@ def read_test_ids(root: str | os.PathLike) -> list[int]:
     return ids
 
 
-def parse_path(path: str | os.PathLike) -> tuple[int, int]:
-    """Identity and camera of a test image path ``.../cam<k>/<pid>/<file>``, from path parts.
-
-    Raises:
-        DatasetError: The parent folder is not a number or its parent is not ``cam1``..``cam9``.
-    """
-    parts = Path(path).parts
-    if len(parts) >= 3:
-        cam_match = CAM_DIR.fullmatch(parts[-3])
-        pid_dir = parts[-2]
-        if cam_match and pid_dir.isascii() and pid_dir.isdigit():
-            cam = int(cam_match.group(1))
-            if cam in VISIBLE_CAMS:
-                return int(pid_dir), cam
-    raise DatasetError(
-        f"Cannot read identity/camera from {str(path)!r}: expected .../cam<k>/<pid>/<image> with "
-        "k in 1..9 and a numeric pid folder. Pass a path inside the LLCM test layout."
-    )
-
-
 def list_id_images(root: str | os.PathLike, modality: str, cam: int, pid: int) -> list[str]:
     """Sorted test image paths of one identity in one camera (``[]`` if there is no folder).
 

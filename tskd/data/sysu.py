@@ -40,7 +40,7 @@ import random
 from pathlib import Path
 
 from tskd.data.cache import standard_train_arrays
-from tskd.data.layout import CAM_DIR, require_folders, sorted_images
+from tskd.data.layout import require_folders, sorted_images
 from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Record, Search, indices_of
 from tskd.errors import DatasetError
 
@@ -188,26 +188,6 @@ def split_ids(root: str | os.PathLike) -> tuple[list[int], list[int]]:
         )
     train = sorted({pid for split in ("train", "val") for pid, _ in listed[split]})
     return train, sorted(test_line)
-
-
-def parse_path(path: str | os.PathLike) -> tuple[int, int]:
-    """Identity and camera of an image path ``.../camN/<pid>/<file>``, read from path parts.
-
-    Raises:
-        DatasetError: The parent folder is not a number or its parent is not ``cam1``..``cam6``.
-    """
-    parts = Path(path).parts
-    if len(parts) >= 3:
-        cam_match = CAM_DIR.fullmatch(parts[-3])
-        pid_dir = parts[-2]
-        if cam_match and pid_dir.isascii() and pid_dir.isdigit():
-            cam = int(cam_match.group(1))
-            if cam in VISIBLE_CAMS + INFRARED_CAMS:
-                return int(pid_dir), cam
-    raise DatasetError(
-        f"Cannot read identity/camera from {str(path)!r}: expected .../camN/<pid>/<image> with "
-        "N in 1..6 and a numeric pid folder. Pass a path inside the SYSU-MM01 layout."
-    )
 
 
 def list_id_images(root: str | os.PathLike, cam: int, pid: int) -> list[str]:
