@@ -53,3 +53,14 @@ def run_entry(script: str, args: list[str], cwd: Path | None = None, env: dict |
             f"\n--- stderr\n{proc.stderr[-8000:]}"
         )
     return proc
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, data root) of :mod:`tiny_model`, shared by the inference, export and
+    visualiser tests (built once per session instead of once per module)."""
+    from tiny_model import make_checkpoint, make_data
+
+    base = tmp_path_factory.mktemp("tiny")
+    root = make_data(base / "sysu")
+    return make_checkpoint(base / "tiny.ckpt", root), root

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_inference import IMG_SIZE, make_checkpoint, make_data
+from tiny_model import IMG_SIZE
 
 from tskd.data.transforms import normalize_batch
 from tskd.errors import CheckpointError
@@ -18,11 +18,9 @@ ort = pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    base = tmp_path_factory.mktemp("export")
-    root = make_data(base / "sysu")
-    ckpt = make_checkpoint(base / "tiny.ckpt", root)
-    return ckpt, root, export_onnx(ckpt, base / "onnx")
+def exported(tiny, tmp_path_factory):
+    ckpt, root = tiny
+    return ckpt, root, export_onnx(ckpt, tmp_path_factory.mktemp("export") / "onnx")
 
 
 def test_files_and_graph_interface(exported):

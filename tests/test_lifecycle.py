@@ -106,7 +106,8 @@ import torch
 from tskd.checkpoint_io import write_checkpoint
 
 path, marker = Path(sys.argv[1]), Path(sys.argv[2])
-make = lambda e: {"tskd": {"format": 2}, "epoch": e, "state_dict": {"w": torch.full((200000,), float(e))}}
+make = lambda e: {"tskd": {"format": 2}, "epoch": e,
+                  "state_dict": {"w": torch.full((200000,), float(e))}}
 write_checkpoint(make(0), path)
 write_checkpoint(make(1), path)
 real_save = torch.save

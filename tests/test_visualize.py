@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import run_entry
 from PIL import Image
-from test_inference import REPO, make_checkpoint, make_data
+from tiny_model import REPO
 
 from tskd.data.protocol import INFRARED, VISIBLE
 from tskd.errors import DatasetError
@@ -128,13 +128,6 @@ def test_select_queries():
     none = Ranking(r.order, r.sims, r.kept, r.correct, np.full(n, np.nan), np.zeros(n, int))
     with pytest.raises(DatasetError, match="no query of this search has a correct match"):
         select_queries(none, qidx, "worst", 8)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("vis")
-    root = make_data(base / "sysu")
-    return make_checkpoint(base / "tiny.ckpt", root), root
 
 
 def _app_args(tiny, run_dir, *extra):
