@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import onnx  # dev extra: a missing install must fail here, not skip
+import onnxruntime as ort
 import pytest
 from tiny_model import IMG_SIZE
 
@@ -12,9 +14,6 @@ from tskd.data.transforms import normalize_batch
 from tskd.errors import CheckpointError
 from tskd.export import check_onnx, export_onnx, main
 from tskd.inference import Embedder, prepare_image
-
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
