@@ -15,7 +15,7 @@ from tskd import evaluation as ev
 from tskd.data import protocol as proto
 from tskd.data.protocol import INFRARED, VISIBLE, Search
 from tskd.data.transforms import MEAN, STD
-from tskd.errors import DatasetError
+from tskd.errors import InputError
 from tskd.metrics import evaluate_regdb, evaluate_sysu
 
 H, W = 8, 4
@@ -142,7 +142,7 @@ def test_summaries_are_percent_with_population_std():
     assert s["mean"]["mAP"] == pytest.approx(50.0) and s["std"]["mAP"] == pytest.approx(10.0)
     reg = ev.summarize([{**results[0], "setting": "thermal2visible"}], regdb_protocol())
     assert (reg[0]["mode"], reg[0]["direction"]) == (None, "thermal2visible")
-    with pytest.raises(DatasetError, match="max_rank >= 20"):
+    with pytest.raises(InputError, match="max_rank >= 20"):
         ev.summarize([{**results[0], "cmc": np.ones(5)}], protocol)
 
 
@@ -184,7 +184,7 @@ def test_summaries_table_and_metrics_json(tmp_path):
     assert (doc["mode"], doc["feature"]) == ("indoor", "fc")
     assert doc["trials"] == summaries[2]["trials"] and doc["results"] == summaries
     assert doc["options"] == {"flip": False, "rerank": True}
-    with pytest.raises(DatasetError, match="no 'fc' summary for setting 'visible2thermal'"):
+    with pytest.raises(InputError, match="no 'fc' summary for setting 'visible2thermal'"):
         ev.write_metrics_json(tmp_path / "x.json", summaries, "visible2thermal")
 
 
@@ -201,11 +201,11 @@ def test_rerank_option_runs_and_changes_the_distances():
 def test_bad_inputs_name_the_problem():
     protocol = regdb_protocol()
     fn = Counting(protocol)
-    with pytest.raises(DatasetError, match="has 29 rows but the protocol lists 30 images"):
+    with pytest.raises(InputError, match="has 29 rows but the protocol lists 30 images"):
         ev.embed_protocol(fn, images_for(protocol)[:-1], protocol)
     feats = ev.embed_protocol(fn, images_for(protocol), protocol)
     partial = {k: v[1:] for k, v in feats.items()}
-    with pytest.raises(DatasetError, match=r"no feature for 1 protocol images \(first: index 0, "
+    with pytest.raises(InputError, match=r"no feature for 1 protocol images \(first: index 0, "
                                            r"img0.png\)"):
         ev.evaluate_features(partial, protocol)
 

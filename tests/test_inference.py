@@ -17,7 +17,7 @@ from tiny_model import IMG_SIZE, SOURCE_SIZE
 
 from tskd.data.datamodule import ReIDDataModule
 from tskd.data.protocol import INFRARED, VISIBLE
-from tskd.errors import CheckpointError, DatasetError
+from tskd.errors import CheckpointError, DatasetError, InputError
 from tskd.inference import Embedder, list_images, parse_modality
 
 
@@ -72,13 +72,13 @@ def test_inputs_paths_pil_arrays_agree(tiny, embedder):
 def test_parse_modality_and_bad_inputs(embedder):
     assert [parse_modality(m) for m in ("visible", 0, "Infrared", 1, "thermal")] == [0, 0, 1, 1, 1]
     for bad in ("depth", 2, True, None):
-        with pytest.raises(DatasetError, match="unknown modality .*'visible'"):
+        with pytest.raises(InputError, match="unknown modality .*'visible'"):
             parse_modality(bad)
-    with pytest.raises(DatasetError, match="no images to embed"):
+    with pytest.raises(InputError, match="no images to embed"):
         embedder.embed([], "visible")
-    with pytest.raises(DatasetError, match="unknown feature 'logits'"):
+    with pytest.raises(InputError, match="unknown feature 'logits'"):
         embedder.embed([np.zeros((64, 32, 3), np.uint8)], 0, feature="logits")
-    with pytest.raises(DatasetError, match="dtype float32"):
+    with pytest.raises(InputError, match="dtype float32"):
         embedder.embed([np.zeros((64, 32, 3), np.float32)], 0)
     with pytest.raises(DatasetError, match="cannot read image .*missing.jpg"):
         embedder.embed(["missing.jpg"], 0)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tskd.errors import DatasetError
+from tskd.errors import InputError
 from tskd.report import collect_runs, format_summary, main, summarize_sweep, write_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,11 +163,11 @@ def test_error_paths_name_the_dir(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(empty) in err and "no run dirs" in err
     assert not (empty / "summary.json").exists()
-    with pytest.raises(DatasetError, match="does not exist"):
+    with pytest.raises(InputError, match="does not exist"):
         collect_runs(missing)
     bad = _run(tmp_path / "bad", "0", [])
     (bad / ".hydra" / "overrides.yaml").write_text("dataset.trial: 1\n")
-    with pytest.raises(DatasetError, match=r"0/\.hydra/overrides\.yaml is not a list"):
+    with pytest.raises(InputError, match=r"0/\.hydra/overrides\.yaml is not a list"):
         summarize_sweep(tmp_path / "bad")
 
 
@@ -330,7 +330,7 @@ def test_interrupted_and_not_run_jobs_are_listed(tmp_path, capsys):
     (fresh / "jobs.json").write_text(json.dumps({"jobs": [{"job": 0, "overrides": ["a=1"]}]}))
     assert summarize_sweep(fresh)["counts"]["not_run"] == 1
     (fresh / "jobs.json").write_text("[1, 2]")
-    with pytest.raises(DatasetError, match="jobs.json"):
+    with pytest.raises(InputError, match="jobs.json"):
         summarize_sweep(fresh)
 
 

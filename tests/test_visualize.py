@@ -11,7 +11,7 @@ from PIL import Image
 from tiny_model import REPO
 
 from tskd.data.protocol import INFRARED, VISIBLE
-from tskd.errors import DatasetError
+from tskd.errors import ConfigError, DatasetError
 from tskd.visualize import (
     BORDER,
     GREEN,
@@ -81,7 +81,7 @@ def test_render_toy_ranking_sizes_and_borders(tmp_path):
 def test_render_scales_tiles_and_rejects_empty():
     img = render_ranked_list(_toy_rows(), topk=4, tile_size=(80, 40))
     assert img.size == grid_size(2, 4, 80, 40) == (8 + 50 + 24 + 4 * 50 + 3 * 8 + 8, 8 + 2 * 140)
-    with pytest.raises(DatasetError, match="no queries to draw"):
+    with pytest.raises(ConfigError, match="no queries to draw"):
         render_ranked_list([])
 
 
@@ -121,9 +121,9 @@ def test_select_queries():
     assert len(set(picked.tolist())) == 2 and set(picked.tolist()) <= {0, 1, 2}
     assert picked.tolist() == select_queries(r, qidx, "random", 2, seed=5).tolist()
     assert select_queries(r, qidx, [13, 10], 8).tolist() == [3, 0]
-    with pytest.raises(DatasetError, match=r"vis.queries \[99\] are not queries .*10..13"):
+    with pytest.raises(ConfigError, match=r"vis.queries \[99\] are not queries .*10..13"):
         select_queries(r, qidx, [10, 99], 8)
-    with pytest.raises(DatasetError, match="use worst, random or a list"):
+    with pytest.raises(ConfigError, match="use worst, random or a list"):
         select_queries(r, qidx, "best", 8)
     none = Ranking(r.order, r.sims, r.kept, r.correct, np.full(n, np.nan), np.zeros(n, int))
     with pytest.raises(DatasetError, match="no query of this search has a correct match"):
@@ -182,7 +182,7 @@ def test_bad_options_refused_before_loading(tmp_path):
         cfg = compose("visualize", overrides=[
             f"ckpt={tmp_path / 'never_read.ckpt'}", "dataset=sysu", "vis.setting=visible2thermal",
             "vis.feature=logits", "vis.queries=best", "vis.topk=0"])
-    with pytest.raises(DatasetError) as err:
+    with pytest.raises(ConfigError) as err:
         write_ranked_lists(cfg)
     msg = str(err.value)
     for part in ("vis.setting='visible2thermal' (use one of ['all', 'indoor']",
@@ -218,7 +218,7 @@ def test_setting_of_the_other_dataset_refused_once_the_checkpoint_is_read(tiny, 
     ckpt, root = tiny
     overrides = [f"ckpt={ckpt}", "vis.setting=visible2thermal",
                  f"dataset.cache_dir={tmp_path / 'cache'}", f"paths.output_dir={tmp_path}"]
-    with pytest.raises(DatasetError, match=r"vis.setting='visible2thermal' \(use one of "
+    with pytest.raises(ConfigError, match=r"vis.setting='visible2thermal' \(use one of "
                                            r"\['all', 'indoor'\] or null for sysu\)"):
         write_ranked_lists(_compose_visualize(overrides), overrides)
     assert not (tmp_path / "cache").exists()  # refused before any image was cached

@@ -66,7 +66,8 @@ def embed_folder(ckpt: str | Path, folder: str | Path, modality: str | int,
 
     Raises:
         OutputExistsError: An output file exists and ``overwrite`` is false (nothing written).
-        DatasetError: Unknown modality, not a folder, no images, an unreadable image.
+        InputError: Unknown modality, not a folder, no images.
+        DatasetError: An unreadable image.
         CheckpointError: A missing or unusable checkpoint.
     """
     out, index_file = output_paths(out)

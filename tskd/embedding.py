@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from tskd.data.protocol import TestProtocol
 from tskd.data.transforms import normalize_batch
-from tskd.errors import DatasetError
+from tskd.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def embed_protocol(embed_fn: EmbedFn, images, protocol: TestProtocol, batch_size
         ``index`` order.
     """
     if len(images) != len(protocol.paths):
-        raise DatasetError(f"the test image array has {len(images)} rows but the protocol lists "
+        raise InputError(f"the test image array has {len(images)} rows but the protocol lists "
                            f"{len(protocol.paths)} images; rebuild the test cache")
     index = protocol.needed()
     pools, fcs = [], []

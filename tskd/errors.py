@@ -21,5 +21,10 @@ class CheckpointError(TSKDError, RuntimeError):
     """A checkpoint is unreadable or does not fit the requested model/dataset."""
 
 
+class InputError(TSKDError, ValueError):
+    """An argument given to the API is malformed: an array's shape or values, an option, a
+    folder of results, a Trainer without the callbacks the module needs."""
+
+
 class NonFiniteLossError(TSKDError, FloatingPointError):
     """Training produced a NaN/Inf loss; the message names step, batch ids and loss terms."""

@@ -27,7 +27,7 @@ from tskd.checkpoint import build_module, load_checkpoint
 from tskd.data.cache import load_image, to_rgb
 from tskd.data.protocol import INFRARED, MODALITY_NAMES, VISIBLE
 from tskd.data.transforms import normalize_batch
-from tskd.errors import DatasetError
+from tskd.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def parse_modality(modality: str | int) -> int:
     """``"visible"``/``0`` -> 0, ``"infrared"``/``"thermal"``/``1`` -> 1.
 
     Raises:
-        DatasetError: Any other value (the message lists the accepted ones).
+        InputError: Any other value (the message lists the accepted ones).
     """
     if isinstance(modality, str) and modality.strip().lower() in _MODALITY_ALIASES:
         return _MODALITY_ALIASES[modality.strip().lower()]
@@ -51,7 +51,7 @@ def parse_modality(modality: str | int) -> int:
     if isinstance(modality, int | np.integer) and not isinstance(modality, bool):
         if int(modality) in MODALITY_NAMES:
             return int(modality)
-    raise DatasetError(
+    raise InputError(
         f"unknown modality {modality!r}; use 'visible' (or 0) for colour camera images and "
         "'infrared' (or 'thermal', 1) for infrared camera images."
     )
@@ -68,7 +68,7 @@ def prepare_image(image: ImageLike, size: tuple[int, int]) -> np.ndarray:
         return load_image(image, size)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
-            raise DatasetError(
+            raise InputError(
                 f"image array has dtype {image.dtype}; pass uint8 RGB (H, W, 3) arrays, e.g. "
                 "np.asarray(PIL.Image.open(path).convert('RGB'))."
             )
@@ -77,7 +77,7 @@ def prepare_image(image: ImageLike, size: tuple[int, int]) -> np.ndarray:
         if image.ndim == 3 and image.shape[2] == 1:
             image = image[..., 0]
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
-            raise DatasetError(
+            raise InputError(
                 f"image array has shape {image.shape}; pass (H, W, 3) RGB, (H, W, 4) RGBA or "
                 "(H, W) grey uint8 arrays."
             )
@@ -86,7 +86,7 @@ def prepare_image(image: ImageLike, size: tuple[int, int]) -> np.ndarray:
         # the same conversion and resize as tskd.data.cache.load_image (PIL sizes are (w, h))
         # to_rgb scales 16-bit (thermal) images to 8 bits instead of saturating them to white
         return np.asarray(to_rgb(image).resize((w, h), Image.LANCZOS), dtype=np.uint8)
-    raise DatasetError(
+    raise InputError(
         f"cannot embed an object of type {type(image).__name__}; pass file paths, PIL images or "
         "uint8 (H, W, 3) arrays."
     )
@@ -161,19 +161,19 @@ class Embedder:
             float32 (N, C), rows L2-normalised, in the order of ``images``.
 
         Raises:
-            DatasetError: No images, an unreadable image, an unknown modality or feature.
+            InputError: No images, an unknown modality or feature (DatasetError: an unreadable image).
         """
         parse_modality(modality)  # fail before decoding anything
         if feature not in FEATURES:
-            raise DatasetError(f"unknown feature {feature!r}; use 'fc' (reported) or 'pool'.")
+            raise InputError(f"unknown feature {feature!r}; use 'fc' (reported) or 'pool'.")
         if isinstance(images, np.ndarray) and images.ndim == 4:
             images = list(images)  # a stacked (N, H, W, 3) batch
         elif isinstance(images, str | os.PathLike | Image.Image | np.ndarray):
             images = [images]  # a single image: a one-row result, not a list of its rows
         if len(images) == 0:
-            raise DatasetError("no images to embed; pass a non-empty list of paths/images.")
+            raise InputError("no images to embed; pass a non-empty list of paths/images.")
         if batch_size < 1:
-            raise DatasetError(f"batch_size must be >= 1, got {batch_size}.")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}.")
         chunks = []
         for start in range(0, len(images), batch_size):
             batch = np.stack([prepare_image(im, self.img_size)
@@ -187,15 +187,15 @@ def list_images(folder: str | os.PathLike,
     """Image files under ``folder`` (recursive), sorted by their path relative to it.
 
     Raises:
-        DatasetError: ``folder`` is not a directory or holds no image.
+        InputError: ``folder`` is not a directory or holds no image.
     """
     root = Path(folder)
     if not root.is_dir():
-        raise DatasetError(f"{root} is not a folder; pass the folder holding the images.")
+        raise InputError(f"{root} is not a folder; pass the folder holding the images.")
     exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts]
     if not files:
-        raise DatasetError(
+        raise InputError(
             f"no images ({', '.join(sorted(exts))}) found in {root} or its subfolders; check the "
             "path or pass --ext for other file types."
         )

@@ -34,7 +34,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from tskd.errors import DatasetError
+from tskd.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,9 @@ def _read_run(run_dir: Path, root: Path) -> dict:
     try:
         overrides = yaml.safe_load(ov_file.read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise DatasetError(f"cannot read {ov_file} ({e}); restore or delete that run dir") from e
+        raise InputError(f"cannot read {ov_file} ({e}); restore or delete that run dir") from e
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-        raise DatasetError(f"{ov_file} is not a list of 'key=value' strings; restore or delete it")
+        raise InputError(f"{ov_file} is not a list of 'key=value' strings; restore or delete it")
     rec = {"dir": run_dir.relative_to(root).as_posix() or ".", "overrides": overrides,
            "status": "incomplete", "error": None, "metrics": None}
     met_file, st_file = run_dir / "metrics.json", run_dir / "status.json"
@@ -122,13 +122,13 @@ def _read_run(run_dir: Path, root: Path) -> dict:
 
 def _runs(root: Path) -> list[dict]:
     if not root.is_dir():
-        raise DatasetError(f"sweep dir {root} does not exist; pass the dir of a "
+        raise InputError(f"sweep dir {root} does not exist; pass the dir of a "
                            "`python train.py -m ...` sweep")
     return [_read_run(d, root) for d in _find_run_dirs(root)]
 
 
-def _no_runs(root: Path) -> DatasetError:
-    return DatasetError(f"no run dirs (with .hydra/overrides.yaml) found in {root}; pass the "
+def _no_runs(root: Path) -> InputError:
+    return InputError(f"no run dirs (with .hydra/overrides.yaml) found in {root}; pass the "
                         "sweep dir itself, not a run dir's parent or a single run dir's files")
 
 
@@ -140,7 +140,7 @@ def collect_runs(sweep_dir: str | os.PathLike) -> list[dict]:
         is "ok", "failed", "interrupted" or "incomplete".
 
     Raises:
-        DatasetError: the dir is missing, holds no run dirs, or has a malformed overrides.yaml.
+        InputError: the dir is missing, holds no run dirs, or has a malformed overrides.yaml.
     """
     root = Path(sweep_dir)
     runs = _runs(root)
@@ -156,7 +156,7 @@ def read_plan(sweep_dir: str | os.PathLike) -> list[dict] | None:
     sweeper other than Hydra's basic one, whose jobs are not known in advance).
 
     Raises:
-        DatasetError: ``jobs.json`` exists but is not such a list.
+        InputError: ``jobs.json`` exists but is not such a list.
     """
     path = Path(sweep_dir) / PLAN_FILE
     if not path.is_file():
@@ -164,11 +164,11 @@ def read_plan(sweep_dir: str | os.PathLike) -> list[dict] | None:
     try:
         jobs = json.loads(path.read_text()).get("jobs")
     except (OSError, ValueError, AttributeError) as e:
-        raise DatasetError(f"cannot read {path} ({e}); delete it to summarise without the "
+        raise InputError(f"cannot read {path} ({e}); delete it to summarise without the "
                            "list of planned jobs") from e
     if not isinstance(jobs, list) or not all(
             isinstance(j, dict) and isinstance(j.get("overrides"), list) for j in jobs):
-        raise DatasetError(f"{path} is not a list of planned jobs; delete it to summarise "
+        raise InputError(f"{path} is not a list of planned jobs; delete it to summarise "
                            "without the list of planned jobs")
     return jobs
 
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = write_summary(args.sweep_dir)
-    except (DatasetError, OSError) as e:
+    except (InputError, OSError) as e:
         sys.stderr.write(f"tskd.report: error: {e}\n")
         return 2
     if not args.quiet:
@@ -381,7 +381,7 @@ class SweepSummaryCallback(Callback):
             _write_atomic(status, json.dumps({"status": "failed", "error": msg}) + "\n")
         try:
             write_summary(self._sweep_dir or config.hydra.sweep.dir)
-        except (DatasetError, OSError) as e:
+        except (InputError, OSError) as e:
             log.warning("sweep summary not updated: %s", e)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -394,7 +394,7 @@ class SweepSummaryCallback(Callback):
         atexit.unregister(self._final)
         try:
             path = write_summary(sweep_dir)
-        except (DatasetError, OSError) as e:
+        except (InputError, OSError) as e:
             log.warning("sweep summary not written: %s", e)
             return
         log.info("sweep summary -> %s\n%s", path, path.with_suffix(".txt").read_text().rstrip())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tskd.data import registry
-from tskd.errors import DatasetError
+from tskd.errors import InputError
 from tskd.files import write_json_atomic
 from tskd.metrics.search import METRIC_KEYS, setting_of
 
@@ -41,12 +41,12 @@ def metrics_document(summaries: list[dict], primary_setting: str, options: dict 
     """metrics.json's dict: the primary ("fc") summary at top level, all results, options, extra.
 
     Raises:
-        DatasetError: No "fc" summary of ``primary_setting``.
+        InputError: No "fc" summary of ``primary_setting``.
     """
     primary = [s for s in summaries if setting_of(s) == primary_setting and s["feature"] == "fc"]
     if not primary:
         have = sorted({setting_of(s) for s in summaries})
-        raise DatasetError(f"no 'fc' summary for setting {primary_setting!r}; have {have}")
+        raise InputError(f"no 'fc' summary for setting {primary_setting!r}; have {have}")
     options = options or {}
     return {**primary[0], "results": summaries,
             "options": {"flip": bool(options.get("flip")), "rerank": bool(options.get("rerank"))},

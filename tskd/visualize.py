@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from tskd.data import registry
 from tskd.data.protocol import INFRARED, MODALITY_NAMES, VISIBLE, DatasetProtocol
-from tskd.errors import DatasetError
+from tskd.errors import ConfigError, DatasetError
 from tskd.metrics.functional import per_query, ranked_order, removed_mask
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def render_ranked_list(rows: list[Row], topk: int | None = None,
             first query image's size).
     """
     if not rows:
-        raise DatasetError("no queries to draw; choose at least one (vis.num_queries >= 1).")
+        raise ConfigError("no queries to draw; choose at least one (vis.num_queries >= 1).")
     topk = topk if topk is not None else max(len(r.results) for r in rows)
     h, w = tile_size or rows[0].query.image.shape[:2]
     width, height = grid_size(len(rows), topk, h, w)
@@ -201,12 +201,12 @@ def select_queries(ranking: Ranking, query_index: np.ndarray, how, num: int, see
         rng = np.random.default_rng(seed)
         return rng.choice(answerable, size=min(num, len(answerable)), replace=False)
     if isinstance(how, str | int) or how is None:
-        raise DatasetError(f"vis.queries={how!r}; use worst, random or a list of protocol "
+        raise ConfigError(f"vis.queries={how!r}; use worst, random or a list of protocol "
                            "indices such as [0,12,40].")
     where = {int(p): i for i, p in enumerate(query_index)}
     missing = [int(p) for p in how if int(p) not in where]
     if missing:
-        raise DatasetError(
+        raise ConfigError(
             f"vis.queries {missing} are not queries of this search (its query protocol indices "
             f"are {int(query_index.min())}..{int(query_index.max())}, {len(query_index)} of "
             "them); pick indices from that range."
@@ -258,7 +258,7 @@ def _resolve_data(cfg: DictConfig, overrides: list[str], ckpt: dict, setting: st
     settings = (setting,) if setting else None
     if spec.trial_selects_training:
         if cfg.vis.trial is not None and cfg.vis.trial != d["trial"]:
-            raise DatasetError(f"vis.trial={cfg.vis.trial} but the {spec.title} split is "
+            raise ConfigError(f"vis.trial={cfg.vis.trial} but the {spec.title} split is "
                                f"{d['trial']}; {spec.title} has one gallery per split: drop "
                                "vis.trial.")
         return resolve_test_datamodule(cfg, ckpt, overrides, settings=settings)
@@ -269,7 +269,7 @@ def _resolve_data(cfg: DictConfig, overrides: list[str], ckpt: dict, setting: st
 def _check_setting(setting: str | None, spec: DatasetProtocol) -> None:
     """``vis.setting`` is one of the dataset's searches (known once the checkpoint is read)."""
     if setting is not None and setting not in spec.settings:
-        raise DatasetError(f"bad ranked-list options: vis.setting={setting!r} (use one of "
+        raise ConfigError(f"bad ranked-list options: vis.setting={setting!r} (use one of "
                            f"{list(spec.settings)} or null for {spec.name}).")
 
 
@@ -296,7 +296,7 @@ def _check_options(cfg: DictConfig, how) -> None:
         if not vis[key] > 0:
             problems.append(f"vis.{key}={vis[key]} (must be > 0)")
     if problems:
-        raise DatasetError("bad ranked-list options: " + "; ".join(problems) + ".")
+        raise ConfigError("bad ranked-list options: " + "; ".join(problems) + ".")
 
 
 def write_ranked_lists(cfg: DictConfig, overrides: list[str] | None = None) -> Path:

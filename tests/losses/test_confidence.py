@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tskd.errors import DatasetError, NonFiniteLossError
+from tskd.errors import InputError, NonFiniteLossError
 from tskd.losses import gmm_confidence, visible_view_confidences
 
 
@@ -91,7 +91,7 @@ def test_degenerate_inputs_give_full_confidence():
 
 
 def test_empty_input_raises_dataset_error():
-    with pytest.raises(DatasetError, match="empty loss vector"):
+    with pytest.raises(InputError, match="empty loss vector"):
         gmm_confidence(torch.zeros(0))
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tskd.errors import DatasetError
+from tskd.errors import InputError
 from tskd.metrics import evaluate_regdb, evaluate_sysu
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "metrics.py"
@@ -76,7 +76,7 @@ def test_queries_without_a_match_are_left_out_of_every_average():
     alone = evaluate_sysu(dist[:1], [1], g_pids, [6], g_cams)
     np.testing.assert_array_equal(out["cmc"], alone["cmc"])
     assert (out["mAP"], out["mINP"]) == (alone["mAP"], alone["mINP"]) == (1.0, 1.0)
-    with pytest.raises(DatasetError, match="none of the 2 queries has a correct match"):
+    with pytest.raises(InputError, match="none of the 2 queries has a correct match"):
         evaluate_sysu(dist[1:], [9, 3], g_pids, [6, 3], g_cams)
 
 
@@ -168,17 +168,17 @@ def test_cmc_stays_at_its_last_value_beyond_the_gallery():
 
 
 def test_bad_inputs_raise_with_the_value_named():
-    with pytest.raises(DatasetError, match=r"q_pids has 2 entries but dist is 1 x 3"):
+    with pytest.raises(InputError, match=r"q_pids has 2 entries but dist is 1 x 3"):
         evaluate_regdb(ranked(3), [1, 2], [1, 2, 3])
-    with pytest.raises(DatasetError, match=r"g_cams has 2 entries"):
+    with pytest.raises(InputError, match=r"g_cams has 2 entries"):
         evaluate_sysu(ranked(3), [1], [1, 2, 3], [3], [1, 2])
-    with pytest.raises(DatasetError, match=r"must be \(num_query, num_gallery\)"):
+    with pytest.raises(InputError, match=r"must be \(num_query, num_gallery\)"):
         evaluate_regdb(np.zeros(3), [1], [1, 2, 3])
     bad = ranked(3)
     bad[0, 1] = np.nan
-    with pytest.raises(DatasetError, match=r"dist\[0, 1\] = nan: distances must be finite"):
+    with pytest.raises(InputError, match=r"dist\[0, 1\] = nan: distances must be finite"):
         evaluate_regdb(bad, [1], [1, 2, 3])
-    with pytest.raises(DatasetError, match="max_rank=0"):
+    with pytest.raises(InputError, match="max_rank=0"):
         evaluate_regdb(ranked(3), [1], [1, 2, 3], max_rank=0)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tskd.errors import DatasetError
+from tskd.errors import InputError
 from tskd.metrics import evaluate_llcm, evaluate_sysu
 
 
@@ -63,7 +63,7 @@ def test_query_whose_every_match_is_removed_is_left_out():
     out = evaluate_llcm(dist, [1, 2], g_pids, [5, 5], g_cams, max_rank=3)
     np.testing.assert_array_equal(out["cmc"], [0.0, 1.0, 1.0])
     assert out["mAP"] == 0.5 and out["mINP"] == 0.5
-    with pytest.raises(DatasetError, match="none of the 1 queries has a correct match"):
+    with pytest.raises(InputError, match="none of the 1 queries has a correct match"):
         evaluate_llcm(dist[:1], [1], g_pids, [5], g_cams)
 
 
@@ -82,7 +82,7 @@ def test_random_cases_agree_with_the_loop(seed):
     try:
         ref = loop_llcm(dist, q_pids, g_pids, q_cams, g_cams, max_rank)
     except ZeroDivisionError:  # no query has a match: both must refuse
-        with pytest.raises(DatasetError, match="has a correct match"):
+        with pytest.raises(InputError, match="has a correct match"):
             evaluate_llcm(dist, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank)
         return
     for chunk in (None, 1, 13):
@@ -117,5 +117,5 @@ def test_torch_inputs_and_bad_shapes():
     out = evaluate_llcm(*(torch.from_numpy(a) for a in (dist, q_pids, g_pids, q_cams, g_cams)))
     np.testing.assert_array_equal(out["cmc"], ref["cmc"])
     assert (out["mAP"], out["mINP"]) == (ref["mAP"], ref["mINP"])
-    with pytest.raises(DatasetError, match="q_cams has 29 entries"):
+    with pytest.raises(InputError, match="q_cams has 29 entries"):
         evaluate_llcm(dist, q_pids, g_pids, q_cams[:29], g_cams)

@@ -14,7 +14,7 @@ from test_evaluation import sysu_protocol as toy_sysu_protocol  # noqa: E402  (t
 from torch.utils.data import DistributedSampler
 
 from tskd.data import protocol as proto
-from tskd.errors import DatasetError
+from tskd.errors import InputError
 from tskd.evaluation import evaluate_features, summarize
 from tskd.metrics.retrieval import RetrievalMetric
 
@@ -78,12 +78,12 @@ def test_mismatch_with_the_protocol_is_reported():
     cams[3] = 9
     metric.update(pool[i], fc[i], torch.from_numpy(protocol.pids)[i], cams,
                   torch.from_numpy(protocol.modality)[i], i)
-    with pytest.raises(DatasetError, match=rf"image {int(i[3])} \(img{int(i[3])}.png\) arrived "
+    with pytest.raises(InputError, match=rf"image {int(i[3])} \(img{int(i[3])}.png\) arrived "
                                            r"with cams 9 but the protocol says"):
         metric.compute()
-    with pytest.raises(DatasetError, match="compute\\(\\) before any update"):
+    with pytest.raises(InputError, match="compute\\(\\) before any update"):
         RetrievalMetric(protocol).compute()
-    with pytest.raises(DatasetError, match="pids has 2 rows but index has 3"):
+    with pytest.raises(InputError, match="pids has 2 rows but index has 3"):
         RetrievalMetric(protocol).update(pool[:3], fc[:3], i[:2], i[:3], i[:3], i[:3])
 
 

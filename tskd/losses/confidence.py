@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from tskd.errors import DatasetError, NonFiniteLossError
+from tskd.errors import InputError, NonFiniteLossError
 
 __all__ = ["gmm_confidence", "visible_view_confidences"]
 
@@ -84,7 +84,7 @@ def _check_losses(losses: torch.Tensor, max_iter: int, tol: float, reg_covar: fl
             "use max_iter >= 1, tol > 0 and reg_covar > 0 (defaults 100, 1e-2, 5e-4)"
         )
     if losses.shape[0] == 0:
-        raise DatasetError(
+        raise InputError(
             "gmm_confidence got an empty loss vector: the modality has no training images; "
             "check the training split of the dataset"
         )
@@ -151,7 +151,7 @@ def gmm_confidence(
 
     Raises:
         ValueError: If ``losses`` is not 1-D or the EM settings are invalid.
-        DatasetError: If ``losses`` is empty (no training images of that modality).
+        InputError: If ``losses`` is empty (no training images of that modality).
         NonFiniteLossError: If any loss is NaN or infinite.
     """
     _check_losses(losses, max_iter, tol, reg_covar)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tskd.errors import DatasetError
+from tskd.errors import InputError
 
 # Distance elements per chunk of queries (4 MB as float32): each slot's pass re-reads the chunk,
 # so a chunk that stays in the CPU cache is faster than a larger one.
@@ -49,7 +49,7 @@ CHUNK_ELEMENTS = 2**20
 def _ids(x, name: str) -> np.ndarray:
     arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if arr.ndim != 1:
-        raise DatasetError(f"{name} must be 1-D, got shape {arr.shape}; pass one id per row")
+        raise InputError(f"{name} must be 1-D, got shape {arr.shape}; pass one id per row")
     return arr.astype(np.int64, copy=False)
 
 
@@ -64,7 +64,7 @@ def _block(dist, start: int, stop: int) -> np.ndarray:
         block = block.astype(np.float64 if block.dtype.kind in "iub" else np.float32)
     if not np.isfinite(block).all():
         row, col = np.argwhere(~np.isfinite(block))[0]
-        raise DatasetError(f"dist[{start + row}, {col}] = {block[row, col]}: distances must be "
+        raise InputError(f"dist[{start + row}, {col}] = {block[row, col]}: distances must be "
                            "finite; check the features for NaN/inf embeddings")
     return block
 
@@ -228,10 +228,10 @@ def rule(metric: str) -> Rule:
     """The :class:`Rule` called ``metric`` (a ``DatasetProtocol.metric``).
 
     Raises:
-        DatasetError: No such metric (the message lists them).
+        InputError: No such metric (the message lists them).
     """
     if metric not in RULES:
-        raise DatasetError(f"no metric named {metric!r}; the metrics are {sorted(RULES)}")
+        raise InputError(f"no metric named {metric!r}; the metrics are {sorted(RULES)}")
     return RULES[metric]
 
 
@@ -263,7 +263,7 @@ def _per_query(dist, q_pids, g_pids, q_cams, g_cams, identity_level: bool,
     if not isinstance(dist, torch.Tensor):
         dist = np.asarray(dist)
     if dist.ndim != 2:
-        raise DatasetError(f"dist must be (num_query, num_gallery), got shape {tuple(dist.shape)}")
+        raise InputError(f"dist must be (num_query, num_gallery), got shape {tuple(dist.shape)}")
     nq, ng = dist.shape
     q_pids, g_pids = _ids(q_pids, "q_pids"), _ids(g_pids, "g_pids")
     if q_cams is not None:
@@ -271,13 +271,13 @@ def _per_query(dist, q_pids, g_pids, q_cams, g_cams, identity_level: bool,
     for name, arr, n in (("q_pids", q_pids, nq), ("g_pids", g_pids, ng),
                          ("q_cams", q_cams, nq), ("g_cams", g_cams, ng)):
         if arr is not None and len(arr) != n:
-            raise DatasetError(
+            raise InputError(
                 f"{name} has {len(arr)} entries but dist is {nq} x {ng}; pass one per row/column"
             )
     if nq == 0 or ng == 0:
-        raise DatasetError(f"dist is {nq} x {ng}: need at least one query and one gallery item")
+        raise InputError(f"dist is {nq} x {ng}: need at least one query and one gallery item")
     if max_rank < 1:
-        raise DatasetError(f"max_rank={max_rank} must be >= 1")
+        raise InputError(f"max_rank={max_rank} must be >= 1")
 
     gal = _Gallery.build(g_pids)
     m, rank = np.zeros(nq, dtype=np.int64), np.zeros(nq, dtype=np.int64)
@@ -301,7 +301,7 @@ def _evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int, identity_leve
     valid = m > 0
     num_valid = int(valid.sum())
     if num_valid == 0:
-        raise DatasetError(
+        raise InputError(
             f"none of the {nq} queries has a correct match in its gallery; check that query and "
             "gallery ids come from the same identity set (and the camera rule: SYSU cam3 / LLCM)"
         )
@@ -332,7 +332,7 @@ def evaluate_sysu(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int = 20,
         over the queries with a correct match in their kept gallery.
 
     Raises:
-        DatasetError: On mismatched shapes, NaN/inf distances, or when no query has a match.
+        InputError: On mismatched shapes, NaN/inf distances, or when no query has a match.
     """
     return evaluate("sysu", dist, q_pids, g_pids, q_cams, g_cams, max_rank, chunk_size)
 

@@ -16,7 +16,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from tskd.data.protocol import TestProtocol
-from tskd.errors import DatasetError
+from tskd.errors import InputError
 from tskd.metrics.search import evaluate_features, summarize
 
 STATES = ("pool", "fc", "pids", "cams", "modality", "index")
@@ -52,7 +52,7 @@ class RetrievalMetric(Metric):
         for name, value in (("pool", pool), ("fc", fc), ("pids", pids), ("cams", cams),
                             ("modality", modality)):
             if value.shape[0] != b:
-                raise DatasetError(f"RetrievalMetric.update: {name} has {value.shape[0]} rows "
+                raise InputError(f"RetrievalMetric.update: {name} has {value.shape[0]} rows "
                                    f"but index has {b}; pass one row per image")
         self.pool.append(pool.detach().float())
         self.fc.append(fc.detach().float())
@@ -69,7 +69,7 @@ class RetrievalMetric(Metric):
         bad = np.flatnonzero(given != expected)
         if len(bad):
             i = int(index[bad[0]])
-            raise DatasetError(
+            raise InputError(
                 f"RetrievalMetric: image {i} ({self.protocol.paths[i]}) arrived with {name} "
                 f"{int(given[bad[0]])} but the protocol says {int(expected[bad[0]])} "
                 f"({len(bad)} such rows); the test loader and protocol are out of step"
@@ -78,12 +78,12 @@ class RetrievalMetric(Metric):
     def compute(self) -> list[dict]:
         """Summaries of every (setting, feature) (see :func:`tskd.metrics.search.summarize`)."""
         if isinstance(self.index, list) and not self.index:
-            raise DatasetError("RetrievalMetric.compute() before any update(); run the test "
+            raise InputError("RetrievalMetric.compute() before any update(); run the test "
                                "loader through update first")
         index = dim_zero_cat(self.index).cpu().numpy()
         n = len(self.protocol.paths)
         if index.min() < 0 or index.max() >= n:
-            raise DatasetError(f"RetrievalMetric: index {index.min()}..{index.max()} outside "
+            raise InputError(f"RetrievalMetric: index {index.min()}..{index.max()} outside "
                                f"the protocol's 0..{n - 1}; the loader serves another test set")
         for name in ("pids", "cams", "modality"):
             self._check(index, name, dim_zero_cat(getattr(self, name)).cpu().numpy())

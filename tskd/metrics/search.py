@@ -16,7 +16,7 @@ import torch
 
 from tskd.data import registry
 from tskd.data.protocol import TestProtocol
-from tskd.errors import DatasetError
+from tskd.errors import InputError
 from tskd.metrics.functional import evaluate
 from tskd.metrics.rerank import k_reciprocal_rerank
 
@@ -30,13 +30,13 @@ def _rows_of(features: dict, protocol: TestProtocol) -> np.ndarray:
     index = np.asarray(torch.as_tensor(features["index"]).cpu(), dtype=np.int64)
     n = len(protocol.paths)
     if len(index) and (index.min() < 0 or index.max() >= n):
-        raise DatasetError(f"feature index {index.min()}..{index.max()} is outside the "
+        raise InputError(f"feature index {index.min()}..{index.max()} is outside the "
                            f"protocol's 0..{n - 1}; the features belong to another test set")
     rows = np.full(n, -1, dtype=np.int64)
     rows[index] = np.arange(len(index))
     missing = protocol.needed()[rows[protocol.needed()] < 0]
     if len(missing):
-        raise DatasetError(f"no feature for {len(missing)} protocol images (first: index "
+        raise InputError(f"no feature for {len(missing)} protocol images (first: index "
                            f"{missing[0]}, {protocol.paths[missing[0]]}); embed protocol.needed()")
     return rows
 
@@ -56,7 +56,7 @@ def evaluate_features(features: dict, protocol: TestProtocol, rerank: bool = Fal
     rows = _rows_of(features, protocol)
     names = [f for f in FEATURES if f in features]
     if not names:
-        raise DatasetError(f"features has none of {FEATURES}; got keys {sorted(features)}")
+        raise InputError(f"features has none of {FEATURES}; got keys {sorted(features)}")
     metric = registry.get(protocol.dataset).metric
     # The galleries of all searches sharing a query set, as one column set per query set.
     union: dict[bytes, np.ndarray] = {}
@@ -108,7 +108,7 @@ def summarize(results: list[dict], protocol: TestProtocol) -> list[dict]:
             trials = []
             for r in mine:
                 if len(r["cmc"]) < max(RANKS):
-                    raise DatasetError(f"CMC has {len(r['cmc'])} ranks; summaries report rank "
+                    raise InputError(f"CMC has {len(r['cmc'])} ranks; summaries report rank "
                                        f"{max(RANKS)}: evaluate with max_rank >= {max(RANKS)}")
                 row = {f"rank{k}": 100 * float(r["cmc"][k - 1]) for k in RANKS}
                 row.update(mAP=100 * float(r["mAP"]), mINP=100 * float(r["mINP"]))
