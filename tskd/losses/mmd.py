@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tskd.losses.triplet import host_copy, to_device
+
 __all__ = ["MD_BANDWIDTHS", "MD_FORMS", "MutualDistillationLoss", "md_direction",
            "multi_kernel_mmd2"]
 
@@ -182,18 +184,23 @@ class MutualDistillationLoss(nn.Module):
                 f"f_vis1, f_vis2, f_ir must be (B, C) and labels (B,) with B >= 1, got "
                 f"{[tuple(t.shape) for t in feats]} and {tuple(labels.shape)}"
             )
-        ids, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+        # the grouping comes from one host copy of the labels (one synchronisation on a GPU,
+        # instead of one for torch.unique and one for each value read from its output)
+        ids, inverse, counts = torch.unique(host_copy(labels), return_inverse=True,
+                                            return_counts=True)
         if bool((counts == counts[0]).all()):
             # equal group sizes (the P x K sampler): one batched call over all identities
             p, k = ids.numel(), int(counts[0])
-            order = torch.argsort(inverse, stable=True)  # rows grouped by identity
+            order = to_device(torch.argsort(inverse, stable=True), f_ir.device)  # by identity
             fir = f_ir[order].reshape(p, k, -1)  # (P, K, C)
             per_view = [self._both_ways(fv[order].reshape(p, k, -1), fir)
                         for fv in (f_vis1, f_vis2)]
         else:
+            groups = [to_device((inverse == j).nonzero().squeeze(1), f_ir.device)
+                      for j in range(ids.numel())]
             per_view = [
-                torch.stack([self._both_ways(fv[inverse == j][None], f_ir[inverse == j][None])[0]
-                             for j in range(ids.numel())])
+                torch.stack([self._both_ways(fv[rows][None], f_ir[rows][None])[0]
+                             for rows in groups])
                 for fv in (f_vis1, f_vis2)
             ]
         return self._combine(per_view)

@@ -35,6 +35,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from tskd.losses.triplet import host_copy, to_device
+
 __all__ = ["PROTOTYPE_NORMS", "SM_FORMS", "PrototypeBank", "SelfMimicLoss"]
 
 PROTOTYPE_NORMS = ("count", "weight")
@@ -99,7 +101,19 @@ class PrototypeBank(nn.Module):
                 f"norm={self.norm!r}")
 
     def flat_index(self, labels: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """Row index ``label * num_slots + slot`` into the flattened (ids*slots) tables."""
+        """Row index ``label * num_slots + slot`` into the flattened (ids*slots) tables.
+
+        The range check reads one host copy of labels and slots (one synchronisation on a GPU).
+        """
+        host = host_copy(torch.cat([labels.reshape(-1).long(), slots.reshape(-1).long()]))
+        self._check_range(host[: labels.numel()], host[labels.numel():])
+        return self._unchecked_index(labels, slots)
+
+    def _unchecked_index(self, labels: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        return labels.long() * self.num_slots + slots.long()
+
+    def _check_range(self, labels: torch.Tensor, slots: torch.Tensor) -> None:
+        """Raises on labels or slots outside the bank; call with host (CPU) tensors."""
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_ids):
             raise ValueError(
                 f"labels must lie in [0, {self.num_ids}), got range "
@@ -112,7 +126,6 @@ class PrototypeBank(nn.Module):
                 f"[{int(slots.min())}, {int(slots.max())}]; use 0/1 for the visible views and "
                 "2 for infrared"
             )
-        return labels.long() * self.num_slots + slots.long()
 
     @torch.no_grad()
     def accumulate(
@@ -221,24 +234,33 @@ class SelfMimicLoss(nn.Module):
                 f"f must be (M, C) with labels, slots and weights (M,), got {tuple(f.shape)}, "
                 f"{tuple(labels.shape)}, {tuple(slots.shape)}, {tuple(weights.shape)}"
             )
-        idx = bank.flat_index(labels, slots)  # (M,)
-        has = bank.valid.view(-1)[idx]  # (M,) bool
-        if not bool(has.any()):
+        # One host copy of labels, slots and "has a prototype" (the step's only synchronisation
+        # in this loss on a GPU): the range check, the layout check and the rows that have a
+        # prototype all come from it. Gathering those rows selects the same elements in the same
+        # order as a boolean mask would, without the mask's own synchronisation.
+        idx = bank._unchecked_index(labels, slots)  # (M,)
+        valid = bank.valid.view(-1)
+        has = valid[idx.clamp(0, valid.numel() - 1)]  # (M,); out-of-range rows raise below
+        host = host_copy(torch.stack([labels.long(), slots.long(), has.long()]))
+        bank._check_range(host[0], host[1])
+        host_has = host[2].bool()
+        n = int((host[1] == INFRARED_SLOT).sum())  # aligned slots: one infrared sample each
+        if not bool(host_has.any()):
             return f.sum() * 0.0
-        protos = bank.prototypes.view(-1, bank.dim)[idx[has]].detach().to(f.dtype)  # (V, C)
-        diff = f[has] - protos  # (V, C)
+        rows = to_device(host_has.nonzero().squeeze(1), f.device)  # (V,)
+        protos = bank.prototypes.view(-1, bank.dim)[idx[rows]].detach().to(f.dtype)  # (V, C)
+        diff = f[rows] - protos  # (V, C)
         if self.metric == "l1":
             dist = diff.abs().mean(1)  # (V,)
         else:
             dist = diff.pow(2).sum(1)  # (V,)
-        w = weights.detach().to(f.dtype)[has]
+        w = weights.detach().to(f.dtype)[rows]
         if self.form == "mean":
             return (w * dist).sum() / has.sum()
-        n = int((slots == INFRARED_SLOT).sum())  # aligned slots: one infrared sample each
         if n * 3 != m:
             raise ValueError(
                 f"sm_form='code' needs the aligned 3-view layout (n view-1, n view-2, n infrared "
                 f"samples), got {m} samples with {n} infrared; use loss.sm_form=mean otherwise"
             )
-        half = torch.where(slots[has] == INFRARED_SLOT, 1.0, 0.5).to(f.dtype)  # (V,)
+        half = torch.where(slots[rows] == INFRARED_SLOT, 1.0, 0.5).to(f.dtype)  # (V,)
         return (half * w * dist).sum() / n

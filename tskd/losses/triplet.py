@@ -40,30 +40,67 @@ def euclidean_dist(feats: torch.Tensor) -> torch.Tensor:
         return d2.clamp(min=1e-12).sqrt()
 
 
-def _hard_mining_loss(
-    dist: torch.Tensor, labels: torch.Tensor, scope: torch.Tensor, margin: float
-) -> tuple[torch.Tensor, int]:
-    """Sum of the hinge over valid anchors and their count.
+def host_copy(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of a small integer tensor: the one host synchronisation a loss call makes.
+
+    On a GPU every value the host reads (``int(t)``, ``bool(t)``, ``t.tolist()``, a boolean
+    mask's selection, ``torch.unique``) waits for the queued kernels and drains the device's
+    queue. The losses read the batch's labels (and slots, modalities) once through this copy and
+    derive every check and index from it on the host. On the CPU it is a cheap copy.
+    """
+    return t.detach().to("cpu", copy=True)
+
+
+def to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host-computed indices onto ``device`` without waiting (pinned, non-blocking on CUDA)."""
+    if device.type == "cuda":
+        return rows.pin_memory().to(device, non_blocking=True)
+    return rows.to(device)
+
+
+def _valid_anchors(labels: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
+    """(N,) bool on the host: anchors with a positive and a negative in their mining scope.
+
+    Depends on the labels (and groups) only, not on the features, so it is computed from the
+    host copy. ``groups`` None: the whole batch is one scope.
+    """
+    n = labels.shape[0]
+    same = labels[:, None] == labels[None, :]  # (N, N)
+    scope = (torch.ones(n, n, dtype=torch.bool) if groups is None
+             else groups[:, None] == groups[None, :])
+    pos = same & ~torch.eye(n, dtype=torch.bool) & scope
+    neg = ~same & scope
+    return pos.any(1) & neg.any(1)
+
+
+def _hard_mining_hinge(
+    dist: torch.Tensor, labels: torch.Tensor, scope: torch.Tensor | None, margin: float
+) -> torch.Tensor:
+    """Per-anchor hinge (N,) of the hardest positive and negative inside ``scope``.
 
     Args:
         dist: (N, N) distances.
         labels: (N,) identities.
-        scope: (N, N) bool; True where sample j may be mined for anchor i.
+        scope: (N, N) bool; True where sample j may be mined for anchor i (None: all).
         margin: Triplet margin.
+
+    Anchors without a positive or a negative get a meaningless value; the caller selects the
+    valid ones. One call serves every modality group at once: with a same-group scope each
+    anchor's row sees exactly the samples of its group.
     """
     n = labels.shape[0]
     same = labels[:, None] == labels[None, :]  # (N, N)
     not_self = ~torch.eye(n, dtype=torch.bool, device=labels.device)
-    pos = same & not_self & scope
-    neg = ~same & scope
-    valid = pos.any(1) & neg.any(1)  # (N,) anchors with both a positive and a negative
+    pos = same & not_self
+    neg = ~same
+    if scope is not None:
+        pos, neg = pos & scope, neg & scope
     # masked entries are pushed out of the max/min instead of being indexed out, so one
     # vectorised reduction serves every anchor
     big = torch.finfo(dist.dtype).max
     d_ap = dist.masked_fill(~pos, -big).amax(1)  # (N,)
     d_an = dist.masked_fill(~neg, big).amin(1)  # (N,)
-    hinge = torch.relu(d_ap - d_an + margin)[valid]
-    return hinge.sum(), int(valid.sum())
+    return torch.relu(d_ap - d_an + margin)
 
 
 class BatchHardTriplet(nn.Module):
@@ -113,29 +150,36 @@ class BatchHardTriplet(nn.Module):
                 f"feats must be (N, C) and labels (N,), got {tuple(feats.shape)} and "
                 f"{tuple(labels.shape)}; pass one identity per feature row"
             )
-        dist = euclidean_dist(feats)  # (N, N)
         n = feats.shape[0]
-        if not self.per_modality:
-            scope = torch.ones(n, n, dtype=torch.bool, device=feats.device)
-            total, count = _hard_mining_loss(dist, labels, scope, self.margin)
-            if count == 0:
-                raise ValueError(self._no_anchor_msg(labels, "the batch"))
-            return total / count
-        if modality is None or modality.shape != (n,):
+        if self.per_modality and (modality is None or modality.shape != (n,)):
             raise ValueError(
                 "BatchHardTriplet(per_modality=True) needs modality of shape "
                 f"({n},), got {None if modality is None else tuple(modality.shape)}; pass 0 "
                 "for visible and 1 for infrared samples"
             )
+        dist = euclidean_dist(feats)  # (N, N)
+        if not self.per_modality:
+            host_labels = host_copy(labels)
+            valid = _valid_anchors(host_labels, None)
+            if not bool(valid.any()):
+                raise ValueError(self._no_anchor_msg(host_labels, "the batch"))
+            hinge = _hard_mining_hinge(dist, labels, None, self.margin)
+            rows = to_device(valid.nonzero().squeeze(1), feats.device)
+            return hinge[rows].sum() / rows.shape[0]
+        # one host copy of labels and modalities, one mining over every group (each anchor
+        # mines inside its own modality), then each group's mean over its valid anchors
+        host = host_copy(torch.stack([labels.long(), modality.long()]))
+        host_labels, host_groups = host[0], host[1]
+        valid = _valid_anchors(host_labels, host_groups)
+        if not bool(valid.any()):
+            raise ValueError(self._no_anchor_msg(host_labels, "any modality group"))
+        hinge = _hard_mining_hinge(dist, labels, modality[:, None] == modality[None, :],
+                                   self.margin)
         per_group = []
-        for m in torch.unique(modality).tolist():
-            member = modality == m  # (N,)
-            scope = member[:, None] & member[None, :]
-            total, count = _hard_mining_loss(dist, labels, scope, self.margin)
-            if count > 0:
-                per_group.append(total / count)
-        if not per_group:
-            raise ValueError(self._no_anchor_msg(labels, "any modality group"))
+        for m in torch.unique(host_groups).tolist():
+            rows = (valid & (host_groups == m)).nonzero().squeeze(1)
+            if len(rows):
+                per_group.append(hinge[to_device(rows, feats.device)].sum() / len(rows))
         return torch.stack(per_group).mean()
 
     @staticmethod
