@@ -271,10 +271,12 @@ class ReIDDataModule(pl.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
-    def _loader(self, dataset: Dataset, batch_size: int, **kw) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, persistent: bool = False,
+                **kw) -> DataLoader:
         return DataLoader(
             dataset, batch_size=batch_size, num_workers=self.num_workers,
-            persistent_workers=False, pin_memory=torch.cuda.is_available(), **kw,
+            persistent_workers=persistent and self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(), **kw,
         )
 
     # ------------------------------------------------------------------------- loaders
@@ -292,10 +294,18 @@ class ReIDDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """The training batches; its workers persist from one epoch to the next.
+
+        Lightning builds this loader once per fit, so persistent workers are started once
+        instead of at every epoch. They cannot change a batch: the sampler runs in the main
+        process (``set_epoch`` reaches it before each epoch's iteration) and every sample's
+        augmentation generator is seeded from its slot alone, whichever worker draws it.
+        """
         _warn_large_pad(self.transform.pad, self.size[1])
         return DataLoader(
             self._train_set(), batch_sampler=self._train_sampler(),
-            num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
         )
 
     def prototype_dataloader(self, epoch: int, num_batches: int) -> DataLoader:
@@ -335,13 +345,21 @@ class ReIDDataModule(pl.LightningDataModule):
         Padding repeats rows so every rank has the same number of batches; the retrieval metric
         drops the repeats by protocol index.
         """
+        return self._test_loader(persistent=False)  # one pass per trainer.test call
+
+    def _test_loader(self, persistent: bool) -> DataLoader:
         rank, world = self._rank_world()
         needed = self.protocol.needed()
         per_rank = math.ceil(len(needed) / world)
         padded = np.resize(needed, per_rank * world)  # repeats from the start: dropped later
         mine = padded[rank::world]
         dataset = TestImageSet(self.test_images, self.protocol.modality, mine)
-        return self._loader(dataset, self.test_batch_size, shuffle=False)
+        return self._loader(dataset, self.test_batch_size, persistent=persistent, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        """The test images, for the evaluation every ``eval.every_n_epochs`` epochs.
+
+        Built once per fit and iterated at every evaluation, so its workers persist; the test
+        transform draws nothing at random.
+        """
+        return self._test_loader(persistent=True)
