@@ -241,7 +241,6 @@ def time_test_pass(args, module, dm, context, batches: int) -> dict:
     """Embedding (``test_step`` on test-loader batches) + the 10-trial metric at full size."""
     module.eval()
     loader = dm.test_dataloader()
-    module.retrieval = RetrievalMetric(dm.protocol).to(module.device)
 
     def run(items):
         with torch.no_grad(), context():
@@ -263,7 +262,6 @@ def time_test_pass(args, module, dm, context, batches: int) -> dict:
         metric.update(*feats, *(m.to(module.device) for m in meta), rows.to(module.device))
     with _Clock(args.device) as clock:
         metric.compute()
-    module.retrieval = None
     module.train()
     return {"images": len(needed), "batches": len(loader), "embed_s": embed_s,
             "metric_s": clock.seconds, "total_s": embed_s + clock.seconds}

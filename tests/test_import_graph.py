@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import tskd
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "tskd"
 
@@ -52,7 +54,7 @@ def test_the_graph_is_read_from_every_module():
             "tskd.run", "tskd.visualize"} <= set(graph)
     assert "tskd.data.registry" in graph["tskd.data.datamodule"]
     assert "tskd.metrics.search" in graph["tskd.metrics.retrieval"]
-    assert "tskd.metrics.retrieval" in graph["tskd.models.tskd_module"]  # a lazy import
+    assert "tskd.metrics.retrieval" in graph["tskd.models.protocol_evaluation"]
 
 
 def test_layers_import_downwards_only():
@@ -89,3 +91,11 @@ def test_no_import_cycle_among_tskd_modules():
         if m not in state:
             visit(m, [m])
     assert cycles == []
+
+
+def test_the_training_system_is_fed_its_data_explicitly():
+    """The module and its passes get loaders and protocol as arguments (tskd.run wires them)."""
+    package = Path(tskd.__file__).parent
+    reaching = [str(p.relative_to(package)) for p in sorted(package.rglob("*.py"))
+                if "trainer.datamodule" in p.read_text()]
+    assert reaching == []

@@ -29,6 +29,8 @@ from tskd.data import registry
 from tskd.data.datamodule import ReIDDataModule, resolve_num_workers
 from tskd.errors import CheckpointError
 from tskd.models.components.pretrained import require_weights
+from tskd.models.epoch_passes import epoch_pass_callbacks
+from tskd.models.protocol_evaluation import ProtocolEvaluation
 from tskd.models.tskd_module import TSKDModule
 from tskd.results import format_table, write_metrics_json
 from tskd.trainer import build_trainer, device_settings
@@ -279,13 +281,15 @@ def train(cfg: DictConfig) -> dict:
     if cfg.dataset.synthetic is None and not cfg.model.pretrained:
         log.warning("training on real data from random init (model.pretrained=false); the "
                     "paper's numbers need ImageNet weights: model.pretrained=true or a file path")
-    trainer = build_trainer(cfg, training=True, settings=settings)
+    evaluation = ProtocolEvaluation(dm.protocol, rerank=bool(cfg.eval.rerank))
+    trainer = build_trainer(cfg, training=True, settings=settings,
+                            components=[*epoch_pass_callbacks(dm), evaluation])
     trainer.fit(model, datamodule=dm, ckpt_path=cfg.ckpt, weights_only=True)
     if not cfg.test_after_training:
         return {}
     trainer.test(model, datamodule=dm, verbose=False)
     last = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-    return _report(cfg, trainer, model.test_summaries, out, dm,
+    return _report(cfg, trainer, evaluation.result(), out, dm,
                    {"checkpoint": str(Path(last).resolve()) if last else None,
                     "img_size": list(dm.size), "data_root": str(Path(dm.root).resolve())})
 
@@ -416,8 +420,9 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     dm = resolve_test_datamodule(cfg, ckpt, overrides, devices=local_devices(settings))
     module = build_module(ckpt, cfg.ckpt, eval={k: cfg.eval[k] for k in ("flip", "rerank")},
                           channels_last=settings["channels_last"])
-    trainer = build_trainer(cfg, training=False, settings=settings)
+    evaluation = ProtocolEvaluation(dm.protocol, rerank=bool(cfg.eval.rerank))
+    trainer = build_trainer(cfg, training=False, settings=settings, components=[evaluation])
     trainer.test(module, datamodule=dm, verbose=False)
-    return _report(cfg, trainer, module.test_summaries, Path(cfg.paths.output_dir), dm,
+    return _report(cfg, trainer, evaluation.result(), Path(cfg.paths.output_dir), dm,
                    {"checkpoint": str(Path(cfg.ckpt).resolve()), "img_size": list(dm.size),
                     "data_root": str(Path(dm.root).resolve())})

@@ -59,13 +59,17 @@ def device_settings(trainer: dict, cuda_devices: int | None = None) -> dict:
     return out
 
 
-def build_trainer(cfg: DictConfig, *, training: bool, settings: dict | None = None) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, *, training: bool, settings: dict | None = None,
+                  components: list[pl.Callback] = ()) -> pl.Trainer:
     """A Trainer from the resolved ``settings`` (+ callbacks and loggers when training).
 
     Args:
         cfg: The run config (``trainer``, ``callbacks``, ``logger``, ``eval``, ``paths``).
         training: Whether the Trainer fits (callbacks, loggers, optional monitoring).
         settings: :func:`device_settings` of ``cfg.trainer`` (computed here when None).
+        components: Callbacks the training system itself consists of (the per-epoch passes,
+            the protocol evaluation); they come after ``cfg.callbacks``, so a user's callback
+            sees each epoch before the passes run.
     """
     if settings is None:
         settings = device_settings(OmegaConf.to_container(cfg.trainer, resolve=True))
@@ -84,5 +88,5 @@ def build_trainer(cfg: DictConfig, *, training: bool, settings: dict | None = No
         args["enable_checkpointing"] = False
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
-    return pl.Trainer(**args, callbacks=callbacks, logger=loggers,
+    return pl.Trainer(**args, callbacks=[*callbacks, *components], logger=loggers,
                       default_root_dir=cfg.paths.output_dir)

@@ -10,8 +10,9 @@ import references as ref
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from tskd.errors import NonFiniteLossError
+from tskd.errors import InputError, NonFiniteLossError
 from tskd.losses import gmm_confidence, per_sample_ce, visible_view_confidences
+from tskd.models.epoch_passes import ConfidencePass, PrototypePass
 from tskd.models.tskd_module import TSKDModule  # noqa: E402
 
 # the defaults of configs/loss/tskd.yaml (the authors' code) and the first release's switches
@@ -77,6 +78,18 @@ def make_module(epoch: int = 0, **loss) -> tuple[TSKDModule, list]:
     return m, logged
 
 
+def start_epoch(m: TSKDModule) -> None:
+    """What the Trainer calls at an epoch's start: the confidence pass, then the module."""
+    ConfidencePass(m.trainer.datamodule).on_train_epoch_start(m.trainer, m)
+    m.on_train_epoch_start()
+
+
+def end_epoch(m: TSKDModule) -> None:
+    """What the Trainer calls at an epoch's end: the prototype pass, then the module."""
+    PrototypePass(m.trainer.datamodule).on_train_epoch_end(m.trainer, m)
+    m.on_train_epoch_end()
+
+
 def batch(seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(P).repeat_interleave(K)
@@ -112,7 +125,7 @@ def test_stage_one_terms_and_the_prototype_pass():
     assert not bool(m.bank.count.any())  # the faithful default sums in a separate pass
     m.conf_view1.uniform_(0.2, 1.0)
     m.conf_view2.uniform_(0.0, 0.5)
-    m.on_train_epoch_end()
+    end_epoch(m)
     assert m.trainer.datamodule.prototype_calls == [(1, 2)]  # this epoch, batches trained
     # reference: the same two batches through the network in train mode, Eq. 8-9 by hand
     feats = []
@@ -133,7 +146,7 @@ def test_first_release_accumulates_prototypes_from_the_training_forward():
     m, _ = make_module(epoch=1, **FIRST_RELEASE)
     m.training_step(batch(), 0)
     assert bool((m.bank.weight_sum[:P] > 0).all()) and not bool(m.bank.weight_sum[P:].any())
-    m.on_train_epoch_end()
+    end_epoch(m)
     assert m.trainer.datamodule.prototype_calls == []  # no second pass
     assert bool(m.bank.valid[:P].all()) and not bool(m.bank.valid[P:].any())
 
@@ -195,7 +208,7 @@ def test_confidence_pass_gives_one_confidence_per_view_in_train_mode():
     m, logged = make_module(epoch=1)
     m.train()
     before = m.net.backbone.layer1[0].bn1.running_mean.clone()
-    m.on_train_epoch_start()
+    start_epoch(m)
     # train mode as the authors' code: batch statistics, and the running ones move
     assert not torch.equal(before, m.net.backbone.layer1[0].bn1.running_mean)
     assert m.net.training
@@ -224,7 +237,7 @@ def test_eval_mode_confidence_pass_shares_one_confidence_and_keeps_batchnorm():
     m, _ = make_module(epoch=1, gmm_pass="eval")
     m.train()
     before = m.net.backbone.layer1[0].bn1.running_mean.clone()
-    m.on_train_epoch_start()
+    start_epoch(m)
     assert torch.equal(before, m.net.backbone.layer1[0].bn1.running_mean)
     assert m.net.training  # mode restored
     assert torch.equal(m.conf_view1, m.conf_view2)
@@ -234,10 +247,10 @@ def test_eval_mode_confidence_pass_shares_one_confidence_and_keeps_batchnorm():
 
 def test_no_gmm_in_warmup_or_when_switched_off():
     m, _ = make_module(epoch=0)
-    m.on_train_epoch_start()
+    start_epoch(m)
     assert all(torch.all(buf == 1) for buf in m.confidences)
     m, _ = make_module(epoch=3, soft_identity=False)
-    m.on_train_epoch_start()
+    start_epoch(m)
     assert all(torch.all(buf == 1) for buf in m.confidences)
 
 
@@ -279,3 +292,22 @@ def test_checkpoint_metadata_is_plain():
     m.on_save_checkpoint(ckpt)
     assert ckpt["tskd"] == {"format": 2, "dataset": "sysu", "trial": None, "num_classes": IDS,
                             "img_size": [32, 16], "backbone": "resnet18"}
+
+
+def test_training_without_the_pass_callbacks_is_refused_naming_them():
+    """A hand-built Trainer that lacks a pass would train with stale confidences/prototypes."""
+    m, _ = make_module(epoch=0)
+    m._trainer.callbacks = [ConfidencePass(FakeDataModule())]
+    with pytest.raises(InputError, match=r"no PrototypePass callback.*epoch_pass_callbacks"):
+        m.on_fit_start()
+    m._trainer.callbacks = []
+    with pytest.raises(InputError, match=r"no ConfidencePass, PrototypePass callback"):
+        m.on_fit_start()
+    with pytest.raises(InputError, match=r"no ProtocolEvaluation callback"):
+        m.on_test_start()
+    m._trainer.callbacks = [ConfidencePass(FakeDataModule()), PrototypePass(FakeDataModule())]
+    m.on_fit_start()  # complete: no error
+    # settings that read neither confidences nor prototypes need neither pass
+    m2, _ = make_module(epoch=0, soft_identity=False, sm_w=0.0)
+    m2._trainer.callbacks = []
+    m2.on_fit_start()

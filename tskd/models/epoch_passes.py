@@ -15,18 +15,30 @@ Both passes call the plain network (never the DDP wrapper), so DDP neither broad
 nor synchronises anything during them. Each rank handles its own share of whole batches; the
 per-image losses and the prototype sums are then summed across ranks by the caller, so every
 rank ends with the values one process makes over the same batches.
+
+The two passes are Lightning callbacks, :class:`ConfidencePass` and :class:`PrototypePass`,
+given their loaders explicitly (anything with the :class:`EpochPassLoaders` methods, e.g.
+:class:`~tskd.data.datamodule.ReIDDataModule`); :func:`epoch_pass_callbacks` builds both. The
+module keeps the state they fill (confidence buffers, prototype bank) and checks at the start of
+training that the callbacks its loss settings need are present.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
+import pytorch_lightning as pl
 import torch
 from torch import nn
 
 from tskd.data.protocol import INFRARED, VISIBLE
-from tskd.losses import PrototypeBank, per_sample_ce
+from tskd.losses import PrototypeBank, gmm_confidence, per_sample_ce, visible_view_confidences
+
+log = logging.getLogger(__name__)
 
 GMM_PASSES = ("train", "eval")
 
@@ -141,3 +153,105 @@ def accumulate_prototypes(
             w = torch.cat([conf1[vis_idx], conf2[vis_idx], conf_ir[ir_idx]])  # (3B,)
             slots = torch.arange(3, device=device).repeat_interleave(b)
             bank.accumulate(f.float(), labels.to(device).repeat(3), slots, w)
+
+
+# ------------------------------------------------------------------------------ callbacks
+class EpochPassLoaders(Protocol):
+    """Where the passes' batches come from (:class:`~tskd.data.datamodule.ReIDDataModule`)."""
+
+    def augmented_confidence_dataloader(self, epoch: int) -> Iterable: ...
+
+    def confidence_dataloader(self, modality: int) -> Iterable: ...
+
+    def prototype_dataloader(self, epoch: int, num_batches: int) -> Iterable: ...
+
+
+def sum_over_ranks(trainer: pl.Trainer | None, t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the DDP ranks (itself on one process or without a trainer)."""
+    if trainer is None or trainer.world_size == 1:
+        return t
+    return trainer.strategy.reduce(t, reduce_op="sum")
+
+
+def needs_confidence_pass(loss: dict) -> bool:
+    """Whether the loss settings read GMM confidences (``loss.soft_identity``)."""
+    return bool(loss["soft_identity"])
+
+
+def needs_prototype_pass(loss: dict) -> bool:
+    """Whether the loss settings build prototypes in a pass (with ``sm_w = 0`` nothing reads them)."""
+    return bool(loss["prototype_pass"]) and loss["sm_w"] > 0
+
+
+def _log_pass_time(module: pl.LightningModule, name: str, start: float) -> None:
+    """What a pass cost (seconds, this rank), so its share of an epoch is visible in the logs."""
+    seconds = time.perf_counter() - start
+    log.info("epoch %d: %s pass %.1f s", module.current_epoch, name, seconds)
+    module.log(f"time/{name}_pass_s", seconds, rank_zero_only=True)
+
+
+class _EpochPass(pl.Callback):
+    """A per-epoch pass over batches from ``loaders`` (anything with the EpochPassLoaders methods)."""
+
+    def __init__(self, loaders: EpochPassLoaders) -> None:
+        self.loaders = loaders
+
+
+class ConfidencePass(_EpochPass):
+    """At the start of each post-warm-up epoch: per-image CE of every view -> GMM confidences.
+
+    Writes them into the module with ``set_confidences``; ``loss.gmm_pass`` chooses the pass
+    (module docstring). Runs before the module's own ``on_train_epoch_start`` (Lightning calls
+    callbacks first).
+    """
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if module.stage == "warmup" or not needs_confidence_pass(module.loss_cfg):
+            return
+        start = time.perf_counter()
+        module.set_confidences(*self.confidences(trainer, module))
+        _log_pass_time(module, "confidence", start)
+
+    def confidences(self, trainer: pl.Trainer, module: pl.LightningModule
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(view1, view2, infrared)`` confidences of every training image (all ranks')."""
+        gmm = dict(module.loss_cfg["gmm"])
+        n_vis, n_ir = len(module.conf_view1), len(module.conf_infrared)
+        context = trainer.precision_plugin.forward_context
+        if module.loss_cfg["gmm_pass"] == "train":
+            batches = self.loaders.augmented_confidence_dataloader(module.current_epoch)
+            losses = augmented_losses(module.net, batches, n_vis, n_ir, context)
+            # each image was seen by exactly one rank: a sum assembles the full vectors
+            l1, l2, l_ir = (sum_over_ranks(trainer, t) for t in losses)
+            w1, w2 = visible_view_confidences(l1, l2, **gmm)
+        else:
+            loaders = {VISIBLE: self.loaders.confidence_dataloader(VISIBLE),
+                       INFRARED: self.loaders.confidence_dataloader(INFRARED)}
+            l_vis, l_ir = (sum_over_ranks(trainer, t)
+                           for t in plain_losses(module.net, loaders, n_vis, n_ir, context))
+            w1 = w2 = gmm_confidence(l_vis, **gmm)
+        return w1, w2, gmm_confidence(l_ir, **gmm)
+
+
+class PrototypePass(_EpochPass):
+    """At the end of each post-warm-up epoch: the epoch's slots again -> the bank's sums.
+
+    Runs before the module's ``on_train_epoch_end``, which turns the sums into prototypes (and
+    before ModelCheckpoint, which Lightning calls after the module). Does nothing with
+    ``loss.prototype_pass=false`` (the training step accumulates) or ``sm_w = 0``.
+    """
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if module.stage == "warmup" or not needs_prototype_pass(module.loss_cfg):
+            return
+        start = time.perf_counter()
+        batches = self.loaders.prototype_dataloader(module.current_epoch,
+                                                    int(trainer.num_training_batches))
+        accumulate_prototypes(module.net, batches, module.bank, module.confidences,
+                              trainer.precision_plugin.forward_context)
+        _log_pass_time(module, "prototype", start)
+
+
+def epoch_pass_callbacks(loaders: EpochPassLoaders) -> list[pl.Callback]:
+    """Both per-epoch passes over ``loaders``, ready for ``Trainer(callbacks=...)``."""
+    return [ConfidencePass(loaders), PrototypePass(loaders)]

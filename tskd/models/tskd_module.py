@@ -4,46 +4,46 @@ Epoch ``e`` (0-based) runs:
 - ``e < loss.ce_only_epochs`` (warm-up): cross-entropy only; no GMM, no prototypes.
 - stage I: soft-identity CE + batch-hard triplet + ``sm_w`` * self-mimic;
 - stage II (``e >= loss.md_start``): + ``md_w`` * mutual distillation.
-Around every post-warm-up epoch the module runs the two no-grad passes of
-:mod:`tskd.models.epoch_passes`: at its start the confidence pass (per-image CE -> GMM
-confidences, one per visible view and one per infrared image), at its end the prototype pass
-over the epoch's slots (``loss.prototype_pass=false`` accumulates from the training forward
-instead). Sums are reduced across DDP ranks, so every rank holds the values one process would
-compute over the same batches; confidences and prototypes are buffers and the running sums are
-the bank's extra state, so a checkpoint resumes exactly. docs/method.md has every formula.
+Around every post-warm-up epoch two no-grad passes run, the callbacks of
+:mod:`tskd.models.epoch_passes`: at its start :class:`~tskd.models.epoch_passes.ConfidencePass`
+(per-image CE -> GMM confidences, one per visible view and one per infrared image, written with
+:meth:`TSKDModule.set_confidences`), at its end :class:`~tskd.models.epoch_passes.PrototypePass`
+(the epoch's slots again into the prototype bank; ``loss.prototype_pass=false`` accumulates from
+the training forward instead). The module owns the state they fill and checks at the start of
+training that the callbacks its losses need are attached. Sums are reduced across DDP ranks, so
+every rank holds the values one process would compute over the same batches; confidences and
+prototypes are buffers and the running sums are the bank's extra state, so a checkpoint resumes
+exactly. Testing: ``test_step`` returns the batch's embeddings and
+:class:`~tskd.models.protocol_evaluation.ProtocolEvaluation` (a callback) runs the protocol's
+searches. Methods follow the Lightning style guide's order. docs/method.md has every formula.
 """
 
 from __future__ import annotations
-
-import logging
-import time
 
 import pytorch_lightning as pl
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from tskd.data.protocol import INFRARED, VISIBLE
 from tskd.embedding import flip_averaged
-from tskd.errors import NonFiniteLossError
+from tskd.errors import InputError, NonFiniteLossError
 from tskd.losses import (
     BatchHardTriplet,
     MutualDistillationLoss,
     PrototypeBank,
     SelfMimicLoss,
     SoftIdentityLoss,
-    gmm_confidence,
-    visible_view_confidences,
 )
 from tskd.models.components import TwoStreamNet
 from tskd.models.epoch_passes import (
     GMM_PASSES,
-    accumulate_prototypes,
-    augmented_losses,
-    plain_losses,
+    ConfidencePass,
+    PrototypePass,
+    needs_confidence_pass,
+    needs_prototype_pass,
+    sum_over_ranks,
 )
+from tskd.models.protocol_evaluation import ProtocolEvaluation
 from tskd.models.schedule import lr_factor, stage
-
-log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 2  # 2: per-view confidences, bank sums as extra state
 
@@ -65,6 +65,7 @@ class TSKDModule(pl.LightningModule):
         config: The resolved run config, stored in checkpoints for provenance.
     """
 
+    # ---------------------------------------------------------------- system definition
     def __init__(
         self,
         num_classes: int,
@@ -98,8 +99,6 @@ class TSKDModule(pl.LightningModule):
         self.register_buffer("conf_view1", torch.ones(num_visible))
         self.register_buffer("conf_view2", torch.ones(num_visible))
         self.register_buffer("conf_infrared", torch.ones(num_infrared))
-        self.retrieval = None  # a RetrievalMetric while a test/monitor pass runs
-        self.test_summaries: list[dict] = []
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if compile_net:
@@ -116,7 +115,7 @@ class TSKDModule(pl.LightningModule):
         """
         self.net.forward_train = torch.compile(self.net.forward_train)
 
-    # --------------------------------------------------------------------------- inference
+    # ----------------------------------------------------------------------- inference
     def forward(self, x: torch.Tensor, modality) -> torch.Tensor:
         """L2-normalised retrieval embedding ("fc") of images of the given modality."""
         return self.net(x, modality)
@@ -129,89 +128,40 @@ class TSKDModule(pl.LightningModule):
             return flip_averaged(self.net.extract, x, modality)
         return self.net.extract(x, modality)
 
-    # ----------------------------------------------------------------------------- stages
+    # ----------------------------------------------------- state the epoch passes fill
     @property
     def stage(self) -> str:
         return stage(self.current_epoch, self.loss_cfg["ce_only_epochs"], self.loss_cfg["md_start"])
-
-    def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.trainer is None or self.trainer.world_size == 1:
-            return t
-        return self.trainer.strategy.reduce(t, reduce_op="sum")
 
     @property
     def confidences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-image confidences (view 1, view 2, infrared)."""
         return self.conf_view1, self.conf_view2, self.conf_infrared
 
-    def on_train_epoch_start(self) -> None:
-        # a per-epoch constant: logged once here instead of once per step; identical on every
-        # rank, so syncing only silences Lightning's DDP warning
-        self.log("train/stage", float({"warmup": 0, "I": 1, "II": 2}[self.stage]),
-                 on_step=False, on_epoch=True, sync_dist=True)
-        if self.stage != "warmup" and self.loss_cfg["soft_identity"]:
-            start = time.perf_counter()
-            self._update_confidences()
-            self._log_pass_time("confidence", start)
-
-    def _update_confidences(self) -> None:
-        """The confidence pass (all ranks' images) -> GMM confidences of every view."""
-        dm = self.trainer.datamodule
-        context = self.trainer.precision_plugin.forward_context
-        gmm = dict(self.loss_cfg["gmm"])
-        n_vis, n_ir = len(self.conf_view1), len(self.conf_infrared)
-        if self.loss_cfg["gmm_pass"] == "train":
-            loader = dm.augmented_confidence_dataloader(self.current_epoch)
-            losses = augmented_losses(self.net, loader, n_vis, n_ir, context)
-            # each image was seen by exactly one rank: a sum assembles the full vectors
-            l1, l2, l_ir = (self._reduce_sum(t) for t in losses)
-            w1, w2 = visible_view_confidences(l1, l2, **gmm)
-        else:
-            loaders = {VISIBLE: dm.confidence_dataloader(VISIBLE),
-                       INFRARED: dm.confidence_dataloader(INFRARED)}
-            l_vis, l_ir = (self._reduce_sum(t)
-                           for t in plain_losses(self.net, loaders, n_vis, n_ir, context))
-            w1 = w2 = gmm_confidence(l_vis, **gmm)
-        for buf, w in zip(self.confidences, (w1, w2, gmm_confidence(l_ir, **gmm))):
+    def set_confidences(self, view1: torch.Tensor, view2: torch.Tensor,
+                        infrared: torch.Tensor) -> None:
+        """New per-image confidences (the confidence pass's output, identical on every rank)."""
+        for buf, w in zip(self.confidences, (view1, view2, infrared)):
             buf.copy_(w.to(buf))
         # identical on every rank, so syncing only silences Lightning's DDP warning
         for name, buf in zip(("view1", "view2", "infrared"), self.confidences):
             self.log(f"train/confidence_{name}", buf.mean(), sync_dist=True)
 
-    def on_train_epoch_end(self) -> None:
-        if self.stage == "warmup":
-            return
-        # with sm_w = 0 nothing reads the prototypes: skip the extra forward pass
-        if self.loss_cfg["prototype_pass"] and self.loss_cfg["sm_w"] > 0:
-            start = time.perf_counter()
-            loader = self.trainer.datamodule.prototype_dataloader(
-                self.current_epoch, int(self.trainer.num_training_batches))
-            accumulate_prototypes(self.net, loader, self.bank, self.confidences,
-                                  self.trainer.precision_plugin.forward_context)
-            self._log_pass_time("prototype", start)
-        self.bank.finalize(reduce=self._reduce_sum)
+    # ------------------------------------------------------------------------ training
+    def on_fit_start(self) -> None:
+        """Refuse to train without the pass callbacks these loss settings need."""
+        needed = [cls for cls, needs in ((ConfidencePass, needs_confidence_pass),
+                                         (PrototypePass, needs_prototype_pass))
+                  if needs(self.loss_cfg)]
+        _require_callbacks(self.trainer, needed, "tskd.models.epoch_passes.epoch_pass_callbacks"
+                           "(datamodule)")
 
-    def _log_pass_time(self, name: str, start: float) -> None:
-        """What a per-epoch pass cost (seconds, this rank): its share of an epoch is visible."""
-        seconds = time.perf_counter() - start
-        log.info("epoch %d: %s pass %.1f s", self.current_epoch, name, seconds)
-        self.log(f"time/{name}_pass_s", seconds, rank_zero_only=True)
+    def on_train_epoch_start(self) -> None:
+        # a per-epoch constant: logged once here instead of once per step; identical on every
+        # rank, so syncing only silences Lightning's DDP warning
+        self.log("train/stage", float({"warmup": 0, "I": 1, "II": 2}[self.stage]),
+                 on_step=False, on_epoch=True, sync_dist=True)
 
-    def on_train_end(self) -> None:
-        """Under DDP, check that every rank ends with the same confidences and prototypes."""
-        if self.trainer.world_size == 1:
-            return
-        for name in ("conf_view1", "conf_view2", "conf_infrared", "bank.prototypes",
-                     "bank.valid"):
-            local = self.get_buffer(name).float()
-            gathered = self.all_gather(local)  # (world, ...)
-            if not torch.equal(gathered.amin(0), gathered.amax(0)):
-                raise RuntimeError(
-                    f"DDP ranks disagree on {name} after training: the cross-rank reduction of "
-                    "confidences/prototypes is broken; please report this with your trainer config."
-                )
-
-    # --------------------------------------------------------------------------- training
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         vis1, vis2, ir, labels, vis_idx, ir_idx = batch
         b = labels.shape[0]
@@ -275,6 +225,45 @@ class TSKDModule(pl.LightningModule):
             "checkpoints/last.ckpt with ckpt=..."
         )
 
+    def on_train_epoch_end(self) -> None:
+        """The epoch's prototype sums (the prototype pass's, run just before) -> prototypes."""
+        if self.stage != "warmup":
+            self.bank.finalize(reduce=lambda t: sum_over_ranks(self.trainer, t))
+
+    def on_train_end(self) -> None:
+        """Under DDP, check that every rank ends with the same confidences and prototypes."""
+        if self.trainer.world_size == 1:
+            return
+        for name in ("conf_view1", "conf_view2", "conf_infrared", "bank.prototypes",
+                     "bank.valid"):
+            local = self.get_buffer(name).float()
+            gathered = self.all_gather(local)  # (world, ...)
+            if not torch.equal(gathered.amin(0), gathered.amax(0)):
+                raise RuntimeError(
+                    f"DDP ranks disagree on {name} after training: the cross-rank reduction of "
+                    "confidences/prototypes is broken; please report this with your trainer config."
+                )
+
+    # ---------------------------------------------------------------------- validation
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Monitor passes embed like a test pass (ProtocolEvaluation logs the curves)."""
+        return self._embed_test_batch(batch)
+
+    # ---------------------------------------------------------------------------- test
+    def on_test_start(self) -> None:
+        _require_callbacks(self.trainer, [ProtocolEvaluation],
+                           "tskd.models.protocol_evaluation.ProtocolEvaluation(datamodule.protocol)")
+
+    def test_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """One test-loader batch ``(x, modality, index)`` -> its embeddings, for the protocol."""
+        return self._embed_test_batch(batch)
+
+    def _embed_test_batch(self, batch) -> dict[str, torch.Tensor]:
+        x, modality, index = batch
+        pool, fc = self.embed(x, modality)
+        return {"pool": pool, "fc": fc, "modality": modality, "index": index}
+
+    # ---------------------------------------------------------------------- optimisers
     def configure_optimizers(self):
         o = self.optim_cfg
         groups = [
@@ -288,53 +277,7 @@ class TSKDModule(pl.LightningModule):
         sched = LambdaLR(opt, lambda e: lr_factor(e, warm, milestones, gamma))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
-    # ---------------------------------------------------------------------------- testing
-    def _start_retrieval(self) -> None:
-        from tskd.metrics.retrieval import RetrievalMetric
-
-        protocol = self.trainer.datamodule.protocol
-        self.retrieval = RetrievalMetric(protocol, rerank=self.eval_cfg.get("rerank", False))
-        self.retrieval.to(self.device)
-
-    def _retrieval_step(self, batch) -> None:
-        x, modality, index = batch
-        pool, fc = self.embed(x, modality)
-        protocol = self.retrieval.protocol
-        rows = index.cpu().numpy()
-        as_t = lambda a: torch.as_tensor(a[rows], device=self.device)  # noqa: E731
-        self.retrieval.update(pool.float(), fc.float(), as_t(protocol.pids),
-                              as_t(protocol.cams), modality, index)
-
-    def on_test_epoch_start(self) -> None:
-        self._start_retrieval()
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._retrieval_step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self.test_summaries = self.retrieval.compute()
-        self._log_summaries("test", self.test_summaries)
-        self.retrieval = None
-
-    def on_validation_epoch_start(self) -> None:
-        self._start_retrieval()
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._retrieval_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        # test-protocol curves only: never used to pick a checkpoint
-        self._log_summaries("monitor", self.retrieval.compute())
-        self.retrieval = None
-
-    def _log_summaries(self, prefix: str, summaries: list[dict]) -> None:
-        for s in summaries:
-            setting = s["mode"] or s["direction"]
-            for key in ("rank1", "mAP", "mINP"):
-                self.log(f"{prefix}/{setting}_{s['feature']}_{key}", float(s["mean"][key]),
-                         rank_zero_only=True, sync_dist=False)
-
-    # ------------------------------------------------------------------------ checkpoints
+    # --------------------------------------------------------------------- other hooks
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         hp = self.hparams
         checkpoint["tskd"] = {
@@ -345,3 +288,15 @@ class TSKDModule(pl.LightningModule):
             "img_size": [hp.dataset["img_h"], hp.dataset["img_w"]],
             "backbone": hp.model["backbone"],
         }
+
+
+def _require_callbacks(trainer: pl.Trainer, classes: list[type], how: str) -> None:
+    """Stop before any work when the trainer lacks a callback the module's passes live in."""
+    missing = [c.__name__ for c in classes
+               if not any(isinstance(cb, c) for cb in trainer.callbacks)]
+    if missing:
+        raise InputError(
+            f"the Trainer has no {', '.join(missing)} callback, which TSKDModule needs with "
+            f"these settings; pass Trainer(callbacks=[..., {how}]) (tskd.run.train and "
+            "tskd.run.evaluate do this)"
+        )
