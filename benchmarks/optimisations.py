@@ -232,7 +232,7 @@ def bench_step(args, dm) -> dict:
                 module.md = old.OldMutualDistillation(module.md.form, module.md.bandwidth)
             times[name].append(time_steps(ns, module, batches)["per_step_s"])
     before, after = (statistics.median(times[k]) for k in ("before", "after"))
-    return {"before_s": before, "after_s": after}
+    return {"before_s": before, "after_s": after, "rounds": times}
 
 
 # ------------------------------------------------------------------------------ loaders
@@ -364,6 +364,10 @@ def run(args) -> str:
         lines.append(f"   whole training step ({args.backbone}, {args.step_batches} steps): "
                      f"{s['before_s'] * 1e3:.1f} / {s['after_s'] * 1e3:.1f} ms/step = "
                      f"{s['before_s'] / s['after_s']:.3f}x")
+        spread = "; ".join(f"{k} " + ", ".join(f"{t * 1e3:.0f}" for t in v)
+                           for k, v in s["rounds"].items())
+        lines.append(f"   (ms/step of each round: {spread}: differences of this size between "
+                     "rounds are this shared machine's noise)")
     u = bench_uint8(args, dm)
     lines += [
         "",
