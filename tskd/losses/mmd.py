@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tskd.losses.triplet import host_copy, to_device
+from tskd.losses.host_reads import host_copy, to_device
 
 __all__ = ["MD_BANDWIDTHS", "MD_FORMS", "MutualDistillationLoss", "md_direction",
            "multi_kernel_mmd2"]

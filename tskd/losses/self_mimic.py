@@ -35,7 +35,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from tskd.losses.triplet import host_copy, to_device
+from tskd.losses.host_reads import host_copy, to_device
 
 __all__ = ["PROTOTYPE_NORMS", "SM_FORMS", "PrototypeBank", "SelfMimicLoss"]
 
@@ -106,13 +106,14 @@ class PrototypeBank(nn.Module):
         The range check reads one host copy of labels and slots (one synchronisation on a GPU).
         """
         host = host_copy(torch.cat([labels.reshape(-1).long(), slots.reshape(-1).long()]))
-        self._check_range(host[: labels.numel()], host[labels.numel():])
-        return self._unchecked_index(labels, slots)
+        self.check_range(host[: labels.numel()], host[labels.numel():])
+        return self.unchecked_index(labels, slots)
 
-    def _unchecked_index(self, labels: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    def unchecked_index(self, labels: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """:meth:`flat_index` without the range check (callers check a host copy themselves)."""
         return labels.long() * self.num_slots + slots.long()
 
-    def _check_range(self, labels: torch.Tensor, slots: torch.Tensor) -> None:
+    def check_range(self, labels: torch.Tensor, slots: torch.Tensor) -> None:
         """Raises on labels or slots outside the bank; call with host (CPU) tensors."""
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_ids):
             raise ValueError(
@@ -238,11 +239,11 @@ class SelfMimicLoss(nn.Module):
         # in this loss on a GPU): the range check, the layout check and the rows that have a
         # prototype all come from it. Gathering those rows selects the same elements in the same
         # order as a boolean mask would, without the mask's own synchronisation.
-        idx = bank._unchecked_index(labels, slots)  # (M,)
+        idx = bank.unchecked_index(labels, slots)  # (M,)
         valid = bank.valid.view(-1)
         has = valid[idx.clamp(0, valid.numel() - 1)]  # (M,); out-of-range rows raise below
         host = host_copy(torch.stack([labels.long(), slots.long(), has.long()]))
-        bank._check_range(host[0], host[1])
+        bank.check_range(host[0], host[1])
         host_has = host[2].bool()
         n = int((host[1] == INFRARED_SLOT).sum())  # aligned slots: one infrared sample each
         if not bool(host_has.any()):

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tskd.losses.host_reads import host_copy, to_device
+
 __all__ = ["BatchHardTriplet", "euclidean_dist"]
 
 
@@ -38,24 +40,6 @@ def euclidean_dist(feats: torch.Tensor) -> torch.Tensor:
         sq = feats.pow(2).sum(1)  # (N,)
         d2 = sq[:, None] + sq[None, :] - 2.0 * feats @ feats.t()  # (N, N)
         return d2.clamp(min=1e-12).sqrt()
-
-
-def host_copy(t: torch.Tensor) -> torch.Tensor:
-    """A CPU copy of a small integer tensor: the one host synchronisation a loss call makes.
-
-    On a GPU every value the host reads (``int(t)``, ``bool(t)``, ``t.tolist()``, a boolean
-    mask's selection, ``torch.unique``) waits for the queued kernels and drains the device's
-    queue. The losses read the batch's labels (and slots, modalities) once through this copy and
-    derive every check and index from it on the host. On the CPU it is a cheap copy.
-    """
-    return t.detach().to("cpu", copy=True)
-
-
-def to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host-computed indices onto ``device`` without waiting (pinned, non-blocking on CUDA)."""
-    if device.type == "cuda":
-        return rows.pin_memory().to(device, non_blocking=True)
-    return rows.to(device)
 
 
 def _valid_anchors(labels: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
