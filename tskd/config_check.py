@@ -22,11 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import tskd.resolvers  # noqa: F401  (dataset roots interpolate ${tskd.cwd:})
 from tskd.data import registry
+from tskd.data.datamodule import MAX_AUTO_WORKERS
 from tskd.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
-
-MAX_AUTO_WORKERS = 8  # data.num_workers=auto: CPUs of the process, at most this many per device
 
 
 __all__ = ["ConfigError", "check_dataset", "check_eval_config", "check_train_config"]
@@ -134,7 +133,8 @@ def dataset_name(v) -> str | None:
 
 # Hints that say more than "must be X" for the keys people most often get wrong.
 _FIXES = {
-    "data.num_workers": "auto uses the CPUs of this process (at most 8 per device)",
+    "data.num_workers": "auto uses the CPUs of this process (at most "
+                        f"{MAX_AUTO_WORKERS} per device)",
     "model.pretrained": "false trains from scratch",
     "dataset.trial": "RegDB: the split 1..10; SYSU-MM01, LLCM: the gallery trial 0..9, or null "
                      "for all",

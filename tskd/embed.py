@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from tskd.errors import TSKDError
+from tskd.files import write_atomic
 from tskd.inference import Embedder, list_images, parse_modality
 
 log = logging.getLogger(__name__)
@@ -39,22 +37,6 @@ def output_paths(out: str | Path) -> tuple[Path, Path]:
     if out.suffix != ".npy":  # np.save would append it; keep the .json beside the real name
         out = out.with_name(out.name + ".npy")
     return out, out.with_suffix(".json")
-
-
-def _write_atomic(path: Path, write: Callable[[object], None]) -> None:
-    # Temp file beside the target, then rename: the old file (if replaced) or nothing is there
-    # until the new one is complete.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; features are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def embed_folder(ckpt: str | Path, folder: str | Path, modality: str | int,
@@ -82,14 +64,15 @@ def embed_folder(ckpt: str | Path, folder: str | Path, modality: str | int,
     embedder = Embedder.from_checkpoint(ckpt, device=device)
     feats = embedder.embed(files, m, batch_size=batch_size, feature=feature)  # (N, C)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, lambda fh: np.save(fh, feats))
+    write_atomic(out, lambda fh: np.save(fh, feats), fsync=True)
     index = {
         "checkpoint": str(ckpt), "folder": str(folder),
         "modality": {0: "visible", 1: "infrared"}[m], "feature": feature,
         "img_size": list(embedder.img_size), "shape": list(feats.shape),
         "files": [p.relative_to(folder).as_posix() for p in files],
     }
-    _write_atomic(index_file, lambda fh: fh.write(json.dumps(index, indent=1).encode()))
+    write_atomic(index_file, lambda fh: fh.write(json.dumps(index, indent=1).encode()),
+                 fsync=True)
     log.info("wrote %s %s and %s", out, feats.shape, index_file)
     return out, index_file
 

@@ -161,7 +161,8 @@ class Embedder:
             float32 (N, C), rows L2-normalised, in the order of ``images``.
 
         Raises:
-            InputError: No images, an unknown modality or feature (DatasetError: an unreadable image).
+            InputError: No images, an unknown modality or feature.
+            DatasetError: An unreadable image.
         """
         parse_modality(modality)  # fail before decoding anything
         if feature not in FEATURES:

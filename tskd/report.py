@@ -23,7 +23,6 @@ import os
 import re
 import statistics
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from tskd.errors import InputError
+from tskd.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -279,25 +279,12 @@ def format_summary(summary: dict) -> str:
     return "\n".join([*lines, *notes, tail]) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # Temp file in the same dir + rename: a reader never sees a half-written summary.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a summary is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_summary(sweep_dir: str | os.PathLike) -> Path:
     """Writes ``summary.json`` and ``summary.txt`` into the sweep dir; returns the json path."""
     root = Path(sweep_dir)
     summary = summarize_sweep(root)
-    _write_atomic(root / "summary.json", json.dumps(summary, indent=2) + "\n")
-    _write_atomic(root / "summary.txt", format_summary(summary))
+    write_text_atomic(root / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(root / "summary.txt", format_summary(summary))
     return root / "summary.json"
 
 
@@ -368,7 +355,7 @@ class SweepSummaryCallback(Callback):
         jobs = plan_jobs(config)
         if jobs is not None:
             sweep_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomic(sweep_dir / PLAN_FILE, json.dumps({"jobs": jobs}, indent=1) + "\n")
+            write_text_atomic(sweep_dir / PLAN_FILE, json.dumps({"jobs": jobs}, indent=1) + "\n")
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if OmegaConf.select(config, "hydra.mode") != RunMode.MULTIRUN:
@@ -378,7 +365,7 @@ class SweepSummaryCallback(Callback):
             # The job failed before train.py could record it; say so rather than "incomplete".
             err = job_return._return_value  # the property re-raises; we only want the message
             msg = " ".join(f"{type(err).__name__}: {err}".split())
-            _write_atomic(status, json.dumps({"status": "failed", "error": msg}) + "\n")
+            write_text_atomic(status, json.dumps({"status": "failed", "error": msg}) + "\n")
         try:
             write_summary(self._sweep_dir or config.hydra.sweep.dir)
         except (InputError, OSError) as e:

@@ -383,7 +383,8 @@ def eval_dataset(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None
 
 
 def resolve_test_datamodule(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None,
-                            devices: int = 1, **dm_overrides) -> ReIDDataModule:
+                            devices: int = 1, dataset: dict | None = None,
+                            **dm_overrides) -> ReIDDataModule:
     """The test-only datamodule for checkpoint ``ckpt`` (see :func:`eval_dataset`), set up.
 
     The training lists are read for their class count, which must be the checkpoint's (another
@@ -394,10 +395,12 @@ def resolve_test_datamodule(cfg: DictConfig, ckpt: dict, overrides: list[str] | 
         ckpt: The dict from :func:`tskd.checkpoint.load_checkpoint`.
         overrides: The command line's overrides.
         devices: Processes sharing this machine's CPUs (``data.num_workers=auto``).
+        dataset: :func:`eval_dataset`'s result when the caller has it already (not checked
+            again).
         **dm_overrides: Datamodule arguments to force (e.g. one SYSU ``trial`` and ``modes``).
     """
     meta = ckpt["tskd"]
-    d = eval_dataset(cfg, ckpt, overrides)
+    d = dataset if dataset is not None else eval_dataset(cfg, ckpt, overrides)
     dm = build_datamodule(cfg, d, test_only=True, devices=devices, **dm_overrides)
     if dm.name == meta["dataset"]:
         found = dm.train_label_counts()["num_classes"]  # the lists only: refused before caching

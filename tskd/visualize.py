@@ -261,9 +261,10 @@ def _resolve_data(cfg: DictConfig, overrides: list[str], ckpt: dict, setting: st
             raise ConfigError(f"vis.trial={cfg.vis.trial} but the {spec.title} split is "
                                f"{d['trial']}; {spec.title} has one gallery per split: drop "
                                "vis.trial.")
-        return resolve_test_datamodule(cfg, ckpt, overrides, settings=settings)
+        return resolve_test_datamodule(cfg, ckpt, overrides, dataset=d, settings=settings)
     trial = cfg.vis.trial if cfg.vis.trial is not None else (d["trial"] or 0)
-    return resolve_test_datamodule(cfg, ckpt, overrides, trial=trial, settings=settings)
+    return resolve_test_datamodule(cfg, ckpt, overrides, dataset=d, trial=trial,
+                                   settings=settings)
 
 
 def _check_setting(setting: str | None, spec: DatasetProtocol) -> None:

@@ -1,4 +1,4 @@
-"""ProtocolEvaluation: the callback that turns what test_step embeds into the protocol's summaries."""
+"""ProtocolEvaluation: the callback turning what test_step embeds into the protocol's summaries."""
 
 from __future__ import annotations
 

@@ -168,6 +168,8 @@ class ReIDDataModule(pl.LightningDataModule):
         )
         self.test_only = bool(test_only)
         self._ready = self._prepared = False
+        self._lists: tuple[list, list] | None = None  # read once: resume/eval checks, then setup
+        self._test: tuple[list, list] | None = None
 
     # ----------------------------------------------------------------------------- lists
     def _ensure_data(self) -> None:
@@ -175,7 +177,16 @@ class ReIDDataModule(pl.LightningDataModule):
             ensure_synthetic(self.root, **self.synthetic)
 
     def _train_lists(self) -> tuple[list, list]:
-        return self.spec.train_lists(self.root, self.trial)
+        """(visible, infrared) training records, listed from ``root`` on first use only."""
+        if self._lists is None:
+            self._lists = self.spec.train_lists(self.root, self.trial)
+        return self._lists
+
+    def _test_records(self) -> tuple[list, list]:
+        """(records, modality) of the test images, listed on first use only."""
+        if self._test is None:
+            self._test = self.spec.test_records(self.root, self.trial)
+        return self._test
 
     def train_label_counts(self) -> dict[str, int]:
         """Identities, visible and infrared images of the training lists; reads no image.
@@ -235,7 +246,7 @@ class ReIDDataModule(pl.LightningDataModule):
 
     def _load(self, build_only: bool = False) -> None:
         vis, ir = self._train_lists()
-        test, modality = self.spec.test_records(self.root, self.trial)
+        test, modality = self._test_records()
         vis_labels = np.array([r[1] for r in vis], dtype=np.int64)
         ir_labels = np.array([r[1] for r in ir], dtype=np.int64)
         vis_images, ir_images, test_images = self._arrays(vis, ir, test, vis_labels, ir_labels)

@@ -341,7 +341,8 @@ def _searches(root: str, trial: int | None, records: list[Record], settings, sho
               ) -> list[Search]:
     """Every mode x trial: the queries against that trial's drawn gallery."""
     row = {r[0]: i for i, r in enumerate(records)}
-    query = indices_of(row, query_set(root))
+    # the records are _test_records': the infrared-camera rows are the queries, in their order
+    query = indices_of(row, [r for r in records if r[2] in INFRARED_CAMS])
     return [Search(mode, t, query, indices_of(row, gallery_set(root, mode=mode, trial=t,
                                                                 shots=shots)))
             for mode in settings for t in PROTOCOL.trial_list(trial)]

@@ -34,7 +34,8 @@ def _rows_of(features: dict, protocol: TestProtocol) -> np.ndarray:
                            f"protocol's 0..{n - 1}; the features belong to another test set")
     rows = np.full(n, -1, dtype=np.int64)
     rows[index] = np.arange(len(index))
-    missing = protocol.needed()[rows[protocol.needed()] < 0]
+    needed = protocol.needed()
+    missing = needed[rows[needed] < 0]
     if len(missing):
         raise InputError(f"no feature for {len(missing)} protocol images (first: index "
                            f"{missing[0]}, {protocol.paths[missing[0]]}); embed protocol.needed()")

@@ -124,6 +124,18 @@ def plain_losses(
     return out[VISIBLE], out[INFRARED]
 
 
+def view_slots(batch_size: int, device: torch.device) -> torch.Tensor:
+    """(3B,) slot of each row of a [view1; view2; infrared] batch: 0, 1, 2 (the bank's slots)."""
+    return torch.arange(3, device=device).repeat_interleave(batch_size)
+
+
+def view_confidences(confidences: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                     vis_idx: torch.Tensor, ir_idx: torch.Tensor) -> torch.Tensor:
+    """(3B,) confidence of each row of a [view1; view2; infrared] batch of these images."""
+    conf1, conf2, conf_ir = confidences
+    return torch.cat([conf1[vis_idx], conf2[vis_idx], conf_ir[ir_idx]])
+
+
 @torch.no_grad()
 def accumulate_prototypes(
     net: nn.Module,
@@ -143,15 +155,14 @@ def accumulate_prototypes(
         forward_context: The precision plugin's forward context.
     """
     device = next(net.parameters()).device
-    conf1, conf2, conf_ir = confidences
     with _network_mode(net, train=True):
         for v1, v2, ir, labels, vis_idx, ir_idx in batches:
             b = labels.shape[0]
             with forward_context():
                 f, _ = net.forward_train(torch.cat([v1, v2]).to(device), ir.to(device))
             vis_idx, ir_idx = vis_idx.to(device), ir_idx.to(device)
-            w = torch.cat([conf1[vis_idx], conf2[vis_idx], conf_ir[ir_idx]])  # (3B,)
-            slots = torch.arange(3, device=device).repeat_interleave(b)
+            w = view_confidences(confidences, vis_idx, ir_idx)
+            slots = view_slots(b, device)
             bank.accumulate(f.float(), labels.to(device).repeat(3), slots, w)
 
 
@@ -179,7 +190,7 @@ def needs_confidence_pass(loss: dict) -> bool:
 
 
 def needs_prototype_pass(loss: dict) -> bool:
-    """Whether the loss settings build prototypes in a pass (with ``sm_w = 0`` nothing reads them)."""
+    """Whether the settings build prototypes in a pass (with ``sm_w = 0`` nothing reads them)."""
     return bool(loss["prototype_pass"]) and loss["sm_w"] > 0
 
 
@@ -191,7 +202,7 @@ def _log_pass_time(module: pl.LightningModule, name: str, start: float) -> None:
 
 
 class _EpochPass(pl.Callback):
-    """A per-epoch pass over batches from ``loaders`` (anything with the EpochPassLoaders methods)."""
+    """A per-epoch pass over batches from ``loaders`` (an :class:`EpochPassLoaders`)."""
 
     def __init__(self, loaders: EpochPassLoaders) -> None:
         self.loaders = loaders

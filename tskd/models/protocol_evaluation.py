@@ -15,6 +15,7 @@ import torch
 
 from tskd.data.protocol import TestProtocol
 from tskd.metrics.retrieval import RetrievalMetric
+from tskd.metrics.search import setting_of
 
 REPORTED = ("rank1", "mAP", "mINP")  # logged per setting and feature
 
@@ -60,9 +61,8 @@ class ProtocolEvaluation(pl.Callback):
         summaries = self._metric.compute()
         self._metric = None
         for s in summaries:
-            setting = s["mode"] or s["direction"]
             for key in REPORTED:
-                module.log(f"{prefix}/{setting}_{s['feature']}_{key}", float(s["mean"][key]),
+                module.log(f"{prefix}/{setting_of(s)}_{s['feature']}_{key}", float(s["mean"][key]),
                            rank_zero_only=True, sync_dist=False)
         return summaries
 

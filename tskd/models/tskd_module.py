@@ -41,6 +41,8 @@ from tskd.models.epoch_passes import (
     needs_confidence_pass,
     needs_prototype_pass,
     sum_over_ranks,
+    view_confidences,
+    view_slots,
 )
 from tskd.models.protocol_evaluation import ProtocolEvaluation
 from tskd.models.schedule import lr_factor, stage
@@ -100,7 +102,7 @@ class TSKDModule(pl.LightningModule):
         self.register_buffer("conf_view2", torch.ones(num_visible))
         self.register_buffer("conf_infrared", torch.ones(num_infrared))
         if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+            self.net.use_channels_last()  # the net formats every input it is given
         if compile_net:
             self._compile_training_forward()
 
@@ -122,8 +124,6 @@ class TSKDModule(pl.LightningModule):
 
     def embed(self, x: torch.Tensor, modality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pool, fc) features, averaged with the flipped image when ``eval.flip`` is on."""
-        if self.hparams.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         if self.eval_cfg.get("flip", False):  # eval is optional (None: no test options)
             return flip_averaged(self.net.extract, x, modality)
         return self.net.extract(x, modality)
@@ -165,22 +165,18 @@ class TSKDModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         vis1, vis2, ir, labels, vis_idx, ir_idx = batch
         b = labels.shape[0]
-        x_vis = torch.cat([vis1, vis2])
-        if self.hparams.channels_last:
-            x_vis = x_vis.contiguous(memory_format=torch.channels_last)
-            ir = ir.contiguous(memory_format=torch.channels_last)
-        f, logits = self.net.forward_train(x_vis, ir)  # f: (3B, C) ordered [view1; view2; ir]
+        # f: (3B, C) ordered [view1; view2; ir]
+        f, logits = self.net.forward_train(torch.cat([vis1, vis2]), ir)
         f, logits = f.float(), logits.float()
         labels3 = labels.repeat(3)
-        slots = torch.arange(3, device=f.device).repeat_interleave(b)  # 0 view1, 1 view2, 2 ir
+        slots = view_slots(b, f.device)  # 0 view1, 1 view2, 2 ir
         cur = self.stage
         terms: dict[str, torch.Tensor] = {}
         if cur == "warmup":
             terms["ce"] = self.si(logits, labels3)
             total = terms["ce"]
         else:
-            w = torch.cat([self.conf_view1[vis_idx], self.conf_view2[vis_idx],
-                           self.conf_infrared[ir_idx]])  # (3B,)
+            w = view_confidences(self.confidences, vis_idx, ir_idx)  # (3B,)
             modality3 = (slots == 2).long()
             terms["ce"] = self.si(logits, labels3, w)
             terms["tri"] = self.triplet(f, labels3, modality3)

@@ -73,16 +73,25 @@ class TwoStreamNet(nn.Module):
         self.num_classes = int(num_classes)
         self.pool = GeM(p=gem_p)
         self.head = BNNeckHead(self.feat_dim, self.num_classes)
+        # The memory format inputs are given before the first convolution: every caller (the
+        # training step, the per-epoch passes, the test pass) gets the network's own format.
+        self.input_format = torch.contiguous_format
 
         state_dict = resolve_pretrained(pretrained, backbone)
         if state_dict is not None:
             source = imagenet_weights(backbone).url if pretrained is True else str(pretrained)
             load_into_backbone(self.backbone, state_dict, source)
 
+    def use_channels_last(self) -> TwoStreamNet:
+        """Weights and, from now on, inputs in the channels-last memory format (GPU speed)."""
+        self.to(memory_format=torch.channels_last)
+        self.input_format = torch.channels_last
+        return self
+
     # ------------------------------------------------------------------ features
     def pooled(self, x: torch.Tensor, modality: int | torch.Tensor) -> torch.Tensor:
         """Pre-BN GeM feature ``f`` (B, C) of images ``x`` (B, 3, H, W) of ``modality``."""
-        return self.pool(self.backbone(x, modality))
+        return self.pool(self.backbone(x.contiguous(memory_format=self.input_format), modality))
 
     def forward(self, x: torch.Tensor, modality: int | torch.Tensor) -> torch.Tensor:
         """Retrieval embedding: L2-normalised BN-neck feature ("fc"), (B, C).
@@ -125,8 +134,9 @@ class TwoStreamNet(nn.Module):
                 f"visible images {tuple(x_vis.shape)} and infrared images {tuple(x_ir.shape)} "
                 "must share channels and size; resize both to (dataset.img_h, dataset.img_w)."
             )
-        stem_vis = self.backbone.visible_stem(x_vis)  # (2B, 64, H/4, W/4)
-        stem_ir = self.backbone.infrared_stem(x_ir)  # (B, 64, H/4, W/4)
+        fmt = self.input_format
+        stem_vis = self.backbone.visible_stem(x_vis.contiguous(memory_format=fmt))  # (2B, 64, ..)
+        stem_ir = self.backbone.infrared_stem(x_ir.contiguous(memory_format=fmt))  # (B, 64, ..)
         f = self.pool(self.backbone.shared(torch.cat([stem_vis, stem_ir])))  # (3B, C)
         _, logits = self.head(f)
         return f, logits
