@@ -39,10 +39,14 @@ def _pss_kib(pid: str = "self") -> tuple[int, int]:
 
 
 def _datamodule(root: Path, workers: int):
+    from tskd.config import DataConfig, DatasetConfig, yaml_values
     from tskd.data.datamodule import ReIDDataModule
+    from tskd.schema import build
 
-    return ReIDDataModule(name="sysu", root=str(root), img_h=288, img_w=144,
-                          num_workers=workers, num_ids=8, num_pos=4)
+    dataset = build(DatasetConfig, {**yaml_values("dataset/sysu.yaml"), "root": str(root)})
+    data = build(DataConfig, {**yaml_values("train.yaml", "data"), "num_workers": workers,
+                              "num_ids": 8, "num_pos": 4})
+    return ReIDDataModule(dataset, data, mode="all", seed=0)
 
 
 def measure(root: Path, mode: str, batches: int, workers: int) -> dict:

@@ -29,6 +29,7 @@ used before (every term reduced across ranks each step), in the same run, as a r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import logging
@@ -44,13 +45,23 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 
+from tskd.config import (  # noqa: E402
+    DataConfig,
+    DatasetConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    TestOptions,
+    yaml_values,
+)
 from tskd.data.datamodule import ReIDDataModule  # noqa: E402
+from tskd.data.synthetic import ensure_synthetic  # noqa: E402
 from tskd.losses import gmm_confidence, visible_view_confidences  # noqa: E402
 from tskd.metrics.retrieval import RetrievalMetric  # noqa: E402
 from tskd.models.epoch_passes import accumulate_prototypes, augmented_losses  # noqa: E402
 from tskd.models.tskd_module import TSKDModule  # noqa: E402
+from tskd.schema import build  # noqa: E402
 
 EPOCHS = 80  # the paper's schedule (configs/trainer/default.yaml)
 DEFAULT_ROOT = Path(os.environ.get("TSKD_BENCH_DATA", "/tmp/tskd_bench")) / "sysu_full"
@@ -78,35 +89,37 @@ class _Clock:
         self.seconds = time.perf_counter() - self.start
 
 
-def _config(name: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(REPO / "configs" / name), resolve=True)
+def _dataset(args) -> DatasetConfig:
+    return build(DatasetConfig, {**yaml_values("dataset/sysu.yaml"), "root": str(args.data_root),
+                                 "img_h": args.img_h, "img_w": args.img_w})
 
 
 def build_datamodule(args, workers: int, synthetic: dict | None) -> ReIDDataModule:
-    """The real datamodule on the dataset at ``args.data_root`` with the recipe's batches."""
-    train = _config("train.yaml")["data"]
+    """The real datamodule on the dataset at ``args.data_root`` with the recipe's batches.
+
+    ``synthetic`` (``layout``, ``seed``, ``scale``) is generated here first: the config's
+    ``dataset.synthetic`` has no ``scale``, the full-scale SYSU-MM01 is this benchmark's own.
+    """
+    if synthetic is not None:
+        ensure_synthetic(args.data_root, **synthetic)
     pad = round(10 * args.img_w / 144)  # the paper's 10 px at 144 px, kept proportional
-    return ReIDDataModule(
-        name="sysu", root=str(args.data_root), img_h=args.img_h, img_w=args.img_w,
-        synthetic=synthetic, num_ids=args.num_ids, num_pos=args.num_pos, num_workers=workers,
-        test_batch_size=train["test_batch_size"], seed=0, pad=pad,
-        erasing_p=train["erasing_p"], gray_p=train["gray_p"], gray_draw=train["gray_draw"],
-        channel_exchange=train["channel_exchange"],
-    )
+    data = build(DataConfig, {**yaml_values("train.yaml", "data"), "num_ids": args.num_ids,
+                              "num_pos": args.num_pos, "num_workers": workers, "pad": pad})
+    return ReIDDataModule(_dataset(args), data, mode="all", seed=0)
 
 
 def build_module(args, dm: ReIDDataModule, **loss_overrides) -> TSKDModule:
     """A TSKDModule with the shipped model/loss/optim configs (random init, no download)."""
-    model = {**_config("model/tskd.yaml"), "backbone": args.backbone, "pretrained": False,
+    model = {**yaml_values("model/tskd.yaml"), "backbone": args.backbone, "pretrained": False,
              "compile": args.compile}
-    loss = {**_config("loss/tskd.yaml"), **loss_overrides}
+    loss = {**yaml_values("loss/tskd.yaml"), **loss_overrides}
     return TSKDModule(
         num_classes=dm.num_classes, num_visible=len(dm.visible_labels),
-        num_infrared=len(dm.infrared_labels),
-        dataset={"name": "sysu", "root": str(args.data_root), "trial": None,
-                 "img_h": args.img_h, "img_w": args.img_w},
-        model=model, loss=loss, optim=_config("train.yaml")["optim"],
-        eval={"flip": False, "rerank": False}, channels_last=args.channels_last,
+        num_infrared=len(dm.infrared_labels), dataset=_dataset(args),
+        model=build(ModelConfig, model), loss=build(LossConfig, loss),
+        optim=build(OptimConfig, yaml_values("train.yaml", "optim")),
+        eval=build(TestOptions, yaml_values("train.yaml", "eval")),
+        channels_last=args.channels_last,
     )
 
 
@@ -224,7 +237,7 @@ def time_gmm_pass(args, module, dm, context, batches: int) -> dict:
     seen = [t[t != 0].cpu().numpy() for t in losses]
     full = [torch.as_tensor(np.resize(v, k), device=args.device)
             for v, k in zip(seen, (n_vis, n_vis, n_ir))]
-    gmm = module.loss_cfg["gmm"]
+    gmm = dataclasses.asdict(module.loss_cfg.gmm)
     with _Clock(args.device) as fit:
         visible_view_confidences(full[0], full[1], **gmm)
         gmm_confidence(full[2], **gmm)
@@ -371,7 +384,7 @@ def table(r: dict) -> str:
     gmm, proto = r["gmm_pass"]["total_s"], r["prototype_pass"]["total_s"]
     test = r["test_pass"]["total_s"]
     epoch = loop + gmm + proto
-    ce_only = _config("loss/tskd.yaml")["ce_only_epochs"]
+    ce_only = yaml_values("loss/tskd.yaml")["ce_only_epochs"]
     run80 = EPOCHS * loop + (EPOCHS - ce_only) * (gmm + proto) + test
     ips = r["images_per_step"]
     lines = [

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from conftest import TINY, run_entry
+from helpers import configs
 from torch.utils.data import DataLoader
 
 from tskd.checkpoint import build_module
@@ -43,8 +44,10 @@ def test_ddp_confidences_and_prototypes_equal_one_process(tmp_path, data_dir):
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     state, hp = ckpt["state_dict"], ckpt["hyper_parameters"]
 
-    dm = ReIDDataModule(name="sysu", root=str(data_dir / "synthetic_sysu"), img_h=64, img_w=32,
-                        num_ids=P, num_pos=K, num_workers=0, pad=2)
+    dm = ReIDDataModule(configs.dataset(root=str(data_dir / "synthetic_sysu"), img_h=64,
+                                        img_w=32),
+                        configs.data(num_ids=P, num_pos=K, num_workers=0, pad=2), mode="all",
+                        seed=0)
     dm.setup("fit")
     n_vis, n_ir = len(dm.visible_labels), len(dm.infrared_labels)
 

@@ -15,10 +15,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from tskd.config_check import ConfigError
 from tskd.data import regdb, sysu
 from tskd.data.synthetic import make_regdb, make_sysu
-from tskd.errors import CheckpointError, DatasetError
+from tskd.errors import CheckpointError, ConfigError, DatasetError
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["model.backbone=resnet18", "model.pretrained=false", "dataset.img_h=64",
@@ -41,18 +40,18 @@ def regdb_tree(root: Path) -> Path:
 
 def write_checkpoint(path: Path, overrides: list[str]) -> Path:
     """A tskd checkpoint of an untrained model for the train config of ``overrides``."""
+    from tskd.config import validate
     from tskd.models.tskd_module import TSKDModule
     from tskd.run import _plain
 
     cfg = compose_config("train", [*overrides, f"paths.output_dir={path.parent / 'run'}"])
-    d = cfg.dataset
+    c = validate(cfg)
+    d = c.dataset
     vis, ir = (sysu.train_set(d.root) if d.name == "sysu" else regdb.train_set(d.root, d.trial))
     torch.manual_seed(0)
     m = TSKDModule(
         num_classes=max(r[1] for r in vis) + 1, num_visible=len(vis), num_infrared=len(ir),
-        dataset={k: d[k] for k in ("name", "root", "trial", "img_h", "img_w")},
-        model=_plain(cfg.model), loss=_plain(cfg.loss), optim=_plain(cfg.optim),
-        eval={"flip": False, "rerank": False}, config=_plain(cfg),
+        dataset=d, model=c.model, loss=c.loss, optim=c.optim, eval=c.eval, config=_plain(cfg),
     )
     meta: dict = {}
     m.on_save_checkpoint(meta)
@@ -119,7 +118,7 @@ def test_explicit_dataset_option_still_works(sysu_ckpt, tmp_path):
     cfg = compose_config("eval", [f"ckpt={ckpt}", "dataset=sysu", f"dataset.root={root}",
                                   f"paths.output_dir={tmp_path}"])
     d = eval_dataset(cfg, load_checkpoint(ckpt), ["dataset=sysu", f"dataset.root={root}"])
-    assert (d["name"], d["root"], d["img_h"], d["img_w"]) == ("sysu", str(root), 64, 32)
+    assert (d.name, d.root, d.img_h, d.img_w) == ("sysu", str(root), 64, 32)
 
 
 def test_other_dataset_refused_before_any_data_work(sysu_ckpt, tmp_path):
@@ -132,7 +131,7 @@ def test_other_dataset_refused_before_any_data_work(sysu_ckpt, tmp_path):
 
     keys = ["dataset=regdb", f"dataset.root={tmp_path}", "eval.allow_other_dataset=true"]
     cfg = compose_config("eval", [f"ckpt={ckpt}", *keys, f"paths.output_dir={tmp_path}"])
-    assert eval_dataset(cfg, load_checkpoint(ckpt), keys)["name"] == "regdb"  # allowed
+    assert eval_dataset(cfg, load_checkpoint(ckpt), keys).name == "regdb"  # allowed
 
 
 def test_backbone_override_refused(sysu_ckpt, tmp_path):
@@ -189,4 +188,4 @@ def test_other_regdb_split_refused_unless_allowed(regdb_ckpt, tmp_path):
         evaluate(ckpt, tmp_path / "e", "dataset.trial=5")
     keys = ["dataset.trial=5", "eval.allow_other_trial=true"]
     cfg = compose_config("eval", [f"ckpt={ckpt}", *keys, f"paths.output_dir={tmp_path}"])
-    assert eval_dataset(cfg, load_checkpoint(ckpt), keys)["trial"] == 5
+    assert eval_dataset(cfg, load_checkpoint(ckpt), keys).trial == 5

@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import configs
 from PIL import Image
 from tiny_model import IMG_SIZE, SOURCE_SIZE
 
@@ -30,8 +31,9 @@ def test_embed_matches_evaluation_features(tiny, embedder):
     from tskd.evaluation import embed_protocol
 
     ckpt, root = tiny
-    dm = ReIDDataModule("sysu", str(root), img_h=IMG_SIZE[0], img_w=IMG_SIZE[1], trial=0,
-                        cache_dir=str(root.parent / "cache"), num_workers=0)
+    dm = ReIDDataModule(configs.dataset(root=str(root), img_h=IMG_SIZE[0], img_w=IMG_SIZE[1],
+                                        trial=0, cache_dir=str(root.parent / "cache")),
+                        configs.loader_data(num_workers=0), mode="all", seed=0, test_only=True)
     dm.setup("test")
     p = dm.protocol
     ref = embed_protocol(embedder.module.embed, dm.test_images, p, batch_size=16, flip=False,

@@ -14,6 +14,8 @@ from conftest import REPO, run_entry
 
 sys.path.insert(0, str(REPO))
 
+from helpers import configs  # noqa: E402
+
 from benchmarks import before_issue12 as old  # noqa: E402
 from benchmarks.optimisations import host_reads, identical, loss_inputs  # noqa: E402
 from tskd.data.datamodule import ReIDDataModule  # noqa: E402
@@ -27,8 +29,9 @@ LOSSES = ["triplet", "self-mimic", "MD", "triplet per modality"]
 def dm(tmp_path_factory):
     root = make_sysu(tmp_path_factory.mktemp("opt") / "sysu", seed=5, num_train=10, num_val=2,
                      num_test=6, images_per_cam=2, size=(32, 16))
-    dm = ReIDDataModule("sysu", str(root), img_h=16, img_w=8, num_ids=3, num_pos=2,
-                        num_workers=2, test_batch_size=16, pad=2)
+    dm = ReIDDataModule(configs.dataset(root=str(root), img_h=16, img_w=8),
+                        configs.data(num_ids=3, num_pos=2, num_workers=2, test_batch_size=16,
+                                     pad=2), mode="all", seed=0)
     dm.setup()
     return dm
 

@@ -185,8 +185,11 @@ def test_bad_options_refused_before_loading(tmp_path):
     with pytest.raises(ConfigError) as err:
         write_ranked_lists(cfg)
     msg = str(err.value)
-    for part in ("vis.setting='visible2thermal' (use one of ['all', 'indoor']",
-                 "vis.feature='logits'", "vis.queries='best'", "vis.topk=0 (must be > 0)"):
+    assert msg.startswith("invalid ranked-list config, nothing was run: ")
+    for part in ("vis.setting='visible2thermal' must be one of all|indoor or null",
+                 "vis.feature='logits' must be one of fc|pool",
+                 "vis.queries='best' must be one of worst|random or a list of protocol indices",
+                 "vis.topk=0 must be a whole number >= 1"):
         assert part in msg
     assert cfg.vis.num_queries == 8 and cfg.vis.topk == 0 and cfg.task_name == "visualize"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from helpers import configs
 
 from tskd.data import sysu
 from tskd.data.synthetic import make_sysu
@@ -31,16 +31,13 @@ def make_checkpoint(path: Path, data_root: Path) -> Path:
     from tskd.models.tskd_module import TSKDModule
 
     vis, ir = sysu.train_set(data_root)
-    cfg = lambda name: OmegaConf.to_container(OmegaConf.load(REPO / "configs" / name))  # noqa: E731
-    model = {"backbone": "resnet18", "pretrained": False, "last_stride": 1, "non_local": True,
-             "nl_inter_channels": 1, "gem_p": 3.0}
     torch.manual_seed(0)
     m = TSKDModule(
         num_classes=max(r[1] for r in vis) + 1, num_visible=len(vis), num_infrared=len(ir),
-        dataset={"name": "sysu", "root": str(data_root), "trial": None,
-                 "img_h": IMG_SIZE[0], "img_w": IMG_SIZE[1]},
-        model=model, loss=cfg("loss/tskd.yaml"), optim=cfg("train.yaml")["optim"],
-        eval={"flip": False, "rerank": False},
+        dataset=configs.dataset("sysu", root=str(data_root), img_h=IMG_SIZE[0],
+                                img_w=IMG_SIZE[1]),
+        model=configs.model(backbone="resnet18", pretrained=False), loss=configs.loss(),
+        optim=configs.optim(), eval=configs.eval_options(),
     )
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # random BN statistics: non-local blocks and BN-neck stop being identity

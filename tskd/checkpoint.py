@@ -76,24 +76,77 @@ def check_format(ckpt: dict, path: str | Path = "<checkpoint>") -> None:
         )
 
 
+def recorded_dataset(ckpt: dict) -> dict:
+    """The dataset node a checkpoint was trained with (name, root, size, split, cache...).
+
+    Checkpoints record their whole run config (older ones: the module's ``dataset`` argument
+    only); the dataset's YAML (configs/dataset/<name>.yaml) fills in the keys a record lacks.
+    """
+    from tskd.config import CONFIGS, yaml_values
+
+    hp = ckpt.get("hyper_parameters", {})
+    node = (hp.get("config") or {}).get("dataset") or hp.get("dataset") or {}
+    name = node.get("name", ckpt["tskd"]["dataset"])
+    known = (CONFIGS / "dataset" / f"{name}.yaml").is_file()
+    return {**(yaml_values(f"dataset/{name}.yaml") if known else {}), **node}
+
+
+def module_arguments(ckpt: dict) -> dict:
+    """``TSKDModule``'s typed arguments from a checkpoint's plain hyper-parameters.
+
+    Keys a checkpoint of an older tskd lacks take the YAML's value (where the default lives);
+    the counts, ``channels_last`` and the recorded run config are passed through.
+
+    Raises:
+        ConfigError: A recorded value does not pass the schema (an edited checkpoint).
+    """
+    from tskd.config import (
+        DatasetConfig,
+        LossConfig,
+        ModelConfig,
+        OptimConfig,
+        TestOptions,
+        from_record,
+        yaml_values,
+    )
+
+    hp = dict(ckpt.get("hyper_parameters", {}))
+    train = {k: yaml_values("train.yaml", k) for k in ("optim", "eval")}
+    return {
+        **{k: hp[k] for k in ("num_classes", "num_visible", "num_infrared")},
+        "dataset": from_record(DatasetConfig, recorded_dataset(ckpt), {}, "dataset"),
+        "model": from_record(ModelConfig, hp.get("model", {}), yaml_values("model/tskd.yaml"),
+                             "model"),
+        "loss": from_record(LossConfig, hp.get("loss", {}), yaml_values("loss/tskd.yaml"),
+                            "loss"),
+        "optim": from_record(OptimConfig, hp.get("optim", {}), train["optim"], "optim"),
+        "eval": from_record(TestOptions, hp.get("eval") or {}, train["eval"], "eval"),
+        "channels_last": bool(hp.get("channels_last", False)),
+        "config": hp.get("config"),
+    }
+
+
 def build_module(ckpt: dict, path: str | Path = "<checkpoint>", **overrides):
     """A ``TSKDModule`` with the checkpoint's weights, in eval mode.
 
     Args:
         ckpt: A dict from :func:`load_checkpoint`.
         path: Its file, for messages.
-        **overrides: Constructor arguments to replace (e.g. ``eval={"flip": True}``).
+        **overrides: Constructor arguments to replace (e.g. ``eval=cfg.eval``).
     """
+    import dataclasses
+
+    from tskd.errors import ConfigError
     from tskd.models.tskd_module import TSKDModule  # heavy import only when needed
 
-    hp = dict(ckpt.get("hyper_parameters", {}))
-    # the weights come from the checkpoint: never download or read ImageNet weights again
-    hp["model"] = {**hp.get("model", {}), "pretrained": False}
-    hp.update(overrides)
     try:
-        module = TSKDModule(**hp)
+        args = module_arguments(ckpt)
+        # the weights come from the checkpoint: never download or read ImageNet weights again
+        args["model"] = dataclasses.replace(args["model"], pretrained=False)
+        args.update(overrides)
+        module = TSKDModule(**args)
         module.load_state_dict(ckpt["state_dict"], strict=True)
-    except (RuntimeError, TypeError, KeyError) as e:
+    except (RuntimeError, TypeError, KeyError, ConfigError) as e:
         raise CheckpointError(
             f"checkpoint {path} does not fit the model it describes ({e}). It was written by an "
             "incompatible tskd version or edited; retrain or use the matching tskd version."

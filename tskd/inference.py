@@ -126,8 +126,10 @@ class Embedder:
         Raises:
             CheckpointError: Missing, unreadable or incompatible checkpoint.
         """
+        from tskd.config import TestOptions
+
         ckpt = load_checkpoint(path)
-        module = build_module(ckpt, path, eval={"flip": bool(flip), "rerank": False},
+        module = build_module(ckpt, path, eval=TestOptions(flip=bool(flip), rerank=False),
                               channels_last=False)
         meta = ckpt["tskd"]
         log.info("loaded %s (%s, %s, image %s)", path, meta["dataset"], meta["backbone"],

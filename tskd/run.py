@@ -3,14 +3,15 @@
 Kept out of the entry scripts so tests (and users' own scripts) can call :func:`train` and
 :func:`evaluate` with a composed config.
 
-Both start with checks that need no data: the config's values (:mod:`tskd.config_check`), a
-resumed checkpoint against the run's settings (:func:`check_resume`), the ImageNet weights
-(training), and for evaluation the dataset the checkpoint was trained on
-(:func:`eval_dataset`). Only then are data read and caches built.
+Both start with checks that need no data: the config against its schema, which turns it into
+typed objects (:func:`tskd.config.validate`), a resumed checkpoint against the run's settings
+(:func:`check_resume`), the ImageNet weights (training), and for evaluation the dataset the
+checkpoint was trained on (:func:`eval_dataset`). Only then are data read and caches built.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,22 +24,20 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tskd.checkpoint import build_module, load_checkpoint
-from tskd.config_check import check_dataset, check_eval_config, check_train_config
+from tskd.checkpoint import build_module, load_checkpoint, recorded_dataset
+from tskd.config import DatasetConfig, EvalConfig, TrainConfig, check_dataset, validate
 from tskd.data import registry
-from tskd.data.datamodule import ReIDDataModule, resolve_num_workers
+from tskd.data.datamodule import ReIDDataModule
 from tskd.errors import CheckpointError
 from tskd.models.components.pretrained import require_weights
 from tskd.models.epoch_passes import epoch_pass_callbacks
 from tskd.models.protocol_evaluation import ProtocolEvaluation
 from tskd.models.tskd_module import TSKDModule
 from tskd.results import format_table, write_metrics_json
+from tskd.schema import ABSENT, differences, to_plain
 from tskd.trainer import build_trainer, device_settings
 
 log = logging.getLogger(__name__)
-
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _plain(node):
@@ -61,35 +60,20 @@ def local_devices(settings: dict) -> int:
     return max(1, int(devices))
 
 
-def build_datamodule(cfg: DictConfig, dataset: DictConfig | dict | None = None, *,
-                     test_only: bool = False, devices: int = 1, **overrides) -> ReIDDataModule:
-    """The datamodule of ``dataset`` (default ``cfg.dataset``), ``cfg.data`` and ``cfg.mode``.
-
-    Every value comes from the config by attribute: a key dropped from the YAML fails here
-    instead of falling back to a number in code. ``test_only`` (evaluation) passes only the
-    test keys, which is all eval.yaml defines.
+def build_datamodule(c, dataset: DatasetConfig | None = None, *, test_only: bool = False,
+                     devices: int = 1, **overrides) -> ReIDDataModule:
+    """The datamodule of ``dataset`` (default ``c.dataset``), ``c.data``, ``c.mode``, ``c.seed``.
 
     Args:
-        cfg: The run config.
-        dataset: A resolved dataset node to use instead of ``cfg.dataset`` (evaluation).
+        c: The validated run config (:class:`~tskd.config.TrainConfig`, or an evaluation's).
+        dataset: A resolved dataset to use instead of ``c.dataset`` (evaluation).
         test_only: Build and read only the test images.
         devices: Processes sharing this machine's CPUs (for ``data.num_workers=auto``).
-        **overrides: Datamodule arguments to force.
+        **overrides: Dataset keys to force (e.g. one SYSU ``trial``, ``settings``).
     """
-    d = OmegaConf.create(_plain(dataset if dataset is not None else cfg.dataset))
-    data = cfg.data
-    kw = dict(
-        name=d.name, root=d.root, img_h=d.img_h, img_w=d.img_w, trial=d.trial,
-        settings=d.get("settings"), mode=cfg.mode.name, shots=d.shots, cache_dir=d.cache_dir,
-        synthetic=_plain(d.synthetic), num_workers=resolve_num_workers(data.num_workers, devices),
-        test_batch_size=data.test_batch_size, seed=cfg.seed, test_only=test_only,
-    )
-    if not test_only:
-        kw.update(num_ids=data.num_ids, num_pos=data.num_pos, pad=data.pad,
-                  erasing_p=data.erasing_p, gray_p=data.gray_p, gray_draw=data.gray_draw,
-                  channel_exchange=data.channel_exchange)
-    kw.update(overrides)
-    return ReIDDataModule(**kw)
+    d = dataclasses.replace(dataset if dataset is not None else c.dataset, **overrides)
+    return ReIDDataModule(d, c.data, mode=c.mode.name, seed=c.seed, devices=devices,
+                          test_only=test_only)
 
 
 def write_run_info(out: Path) -> None:
@@ -112,7 +96,7 @@ def write_run_info(out: Path) -> None:
 
 
 
-def _report(cfg: DictConfig, trainer: pl.Trainer, summaries: list[dict], out: Path,
+def _report(cfg, trainer: pl.Trainer, summaries: list[dict], out: Path,
             dm: ReIDDataModule, provenance: dict) -> dict:
     """Write metrics.json (with ``provenance``: checkpoint, image size, data root) and print.
 
@@ -134,28 +118,6 @@ def _is_local_zero() -> bool:
 
 
 # ------------------------------------------------------------------------------- resume
-# Keys whose value shapes what a checkpoint learnt or how its run continues. The rest of the
-# config may change on resume (see check_resume).
-RESUME_MUST_MATCH = (
-    "seed", "dataset.name", "dataset.img_h", "dataset.img_w", "dataset.synthetic", "model",
-    "loss", "optim", "data.num_ids", "data.num_pos", "data.pad", "data.erasing_p", "data.gray_p",
-    "data.gray_draw", "data.channel_exchange",
-)
-# model.pretrained only sets the weights before the first step; a resume replaces them all.
-# model.compile (torch.compile) changes how the same network runs, not what it learns.
-RESUME_MAY_DIFFER = ("model.pretrained", "model.compile")
-_ABSENT = object()  # a key the config or the checkpoint does not have
-
-
-def _differences(key: str, then, now):
-    """``(key, checkpoint value, this run's value)`` for every recorded leaf that differs."""
-    if isinstance(then, dict) and isinstance(now, dict):
-        for k, v in then.items():  # keys the checkpoint does not record are not checked
-            yield from _differences(f"{key}.{k}", v, now.get(k, _ABSENT))
-    elif key not in RESUME_MAY_DIFFER and then != now:
-        yield key, then, now
-
-
 # Why a mismatch matters, where the generic "must match" is not enough ({title}: the dataset's).
 _RESUME_WHY = {
     "dataset.trial": " (another {title} split puts that split's test identities into training)",
@@ -176,52 +138,33 @@ def _recorded_config(ckpt: dict) -> dict:
     return {k: hp[k] for k in ("dataset", "model", "loss", "optim") if k in hp}
 
 
-def _get(tree: dict, key: str):
-    for part in key.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return _ABSENT
-        tree = tree[part]
-    return tree
-
-
-def check_resume(cfg: DictConfig, ckpt: dict, path: str) -> None:
+def check_resume(cfg, ckpt: dict, path: str, schema: type = TrainConfig) -> None:
     """Refuse to resume ``ckpt`` under settings other than those it was trained with.
 
-    The rule: everything that decides what the model learns must match the checkpoint's
-    recorded config, because a resumed run continues the same optimisation (same sampler draws,
-    same schedule) and reports it as one run. Must match: ``seed``, ``dataset.name``,
-    ``dataset.img_h``/``img_w``, ``dataset.synthetic``, the RegDB split ``dataset.trial``
-    (another split puts its test identities into training), every ``model.*`` key but
-    ``model.pretrained``, every ``loss.*`` and ``optim.*`` key, and the batch and augmentation
-    keys ``data.num_ids``, ``num_pos``, ``pad``, ``erasing_p``, ``gray_p``, ``gray_draw``,
-    ``channel_exchange``. The training data's identity and image counts must match too
-    (:func:`check_resume_data`).
+    A resumed run continues the same optimisation (same sampler draws, same schedule) and
+    reports it as one run, so everything that decides what the model learns must match the
+    checkpoint's recorded config. Which keys those are is the schema's resume rule, a field's
+    metadata (:mod:`tskd.config`); the training data's counts are checked too
+    (:func:`check_resume_data`). Keys the checkpoint does not record are not checked.
 
-    May change: ``trainer.*`` (``trainer.max_epochs`` to extend a run, another machine's
-    devices), ``data.num_workers``, ``data.test_batch_size``, ``eval.*``, ``logger``,
-    ``callbacks``, ``paths``, ``mode`` and the SYSU gallery ``dataset.trial`` (test only),
-    ``dataset.root`` and ``dataset.cache_dir`` (data that was moved; its counts are checked),
-    ``dataset.shots``, ``model.pretrained`` (the checkpoint's weights replace the initial ones),
-    ``model.compile``, ``test_after_training``. Keys the checkpoint does not record are not checked.
+    Args:
+        cfg: The run config (composed or validated).
+        ckpt: The dict from :func:`tskd.checkpoint.load_checkpoint`.
+        path: Its file, for messages.
+        schema: The schema whose rules apply.
 
     Raises:
         CheckpointError: Naming each key, the checkpoint's value, this run's value and the fix.
     """
     then_cfg = _recorded_config(ckpt)
-    now_cfg = _plain(cfg)
-    keys = list(RESUME_MUST_MATCH)
-    split = _split_datasets(cfg.dataset.name, _get(then_cfg, "dataset.name"))
-    if split:
-        keys.append("dataset.trial")
+    now_cfg = _plain(cfg) if isinstance(cfg, DictConfig) else to_plain(cfg)
+    split = _split_datasets(now_cfg["dataset"]["name"],
+                            (then_cfg.get("dataset") or {}).get("name"))
     diffs = []
-    for key in keys:
-        then = _get(then_cfg, key)
-        if then is _ABSENT:
-            continue
-        for k, was, now in _differences(key, then, _get(now_cfg, key)):
-            shown = "<missing>" if now is _ABSENT else repr(now)
-            why = _RESUME_WHY.get(k, "").format(title=split[0].title if split else "")
-            diffs.append(f"{k}={shown} but the checkpoint was trained with {k}={was!r}" + why)
+    for k, was, now in differences(schema, then_cfg, now_cfg, split=bool(split)):
+        shown = "<missing>" if now is ABSENT else repr(now)
+        why = _RESUME_WHY.get(k, "").format(title=split[0].title if split else "")
+        diffs.append(f"{k}={shown} but the checkpoint was trained with {k}={was!r}" + why)
     if diffs:
         raise CheckpointError(
             f"cannot resume from {path}: " + "; ".join(diffs) + ". Resume with the checkpoint's "
@@ -247,49 +190,47 @@ def check_resume_data(dm: ReIDDataModule, ckpt: dict, path: str) -> None:
 def train(cfg: DictConfig) -> dict:
     """Train, save ``checkpoints/last.ckpt``, test the last epoch; returns metrics.json's dict.
 
-    Before any data work: the config values are checked, a resumed checkpoint is read (a file
-    that is not a tskd checkpoint is refused) and checked against the settings
-    (:func:`check_resume`), and the ImageNet weights ``model.pretrained`` asks for must be at
-    hand (a run without network access stops in seconds, not after the caches are built).
+    Before any data work: the config is validated into typed objects (every bad, missing or
+    unknown key at once), a resumed checkpoint is read (a file that is not a tskd checkpoint is
+    refused) and checked against the settings (:func:`check_resume`), and the ImageNet weights
+    ``model.pretrained`` asks for must be at hand (a run without network access stops in
+    seconds, not after the caches are built).
     """
-    check_train_config(cfg)
-    resumed = load_checkpoint(cfg.ckpt) if cfg.ckpt else None
+    c = validate(cfg, TrainConfig)
+    resumed = load_checkpoint(c.ckpt) if c.ckpt else None
     if resumed is not None:
-        check_resume(cfg, resumed, cfg.ckpt)
-    require_weights(cfg.model.pretrained, cfg.model.backbone)
-    out = Path(cfg.paths.output_dir)
+        check_resume(cfg, resumed, c.ckpt)
+    require_weights(c.model.pretrained, c.model.backbone)
+    out = Path(c.paths.output_dir)
     if _is_local_zero():
         write_run_info(out)
         log.info("run dir: %s", out)
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(c.seed, workers=True)
+    # the trainer node as composed: Lightning arguments passed through are kept
     settings = device_settings(_plain(cfg.trainer))
-    dm = build_datamodule(cfg, devices=local_devices(settings))
+    dm = build_datamodule(c, devices=local_devices(settings))
     if resumed is not None:
-        check_resume_data(dm, resumed, cfg.ckpt)
+        check_resume_data(dm, resumed, c.ckpt)
     if _is_local_zero():
         dm.prepare_data()  # data and caches exist before DDP ranks start reading them
     dm.setup("fit")
     model = TSKDModule(
         num_classes=dm.num_classes, num_visible=len(dm.visible_labels),
-        num_infrared=len(dm.infrared_labels),
-        dataset={k: cfg.dataset[k] for k in ("name", "root", "trial", "img_h", "img_w")},
-        model=_plain(cfg.model), loss=_plain(cfg.loss), optim=_plain(cfg.optim),
-        eval={k: cfg.eval[k] for k in ("flip", "rerank")},
-        channels_last=settings["channels_last"],
-        config=_plain(cfg),
+        num_infrared=len(dm.infrared_labels), dataset=c.dataset, model=c.model, loss=c.loss,
+        optim=c.optim, eval=c.eval, channels_last=settings["channels_last"], config=_plain(cfg),
     )
-    if cfg.dataset.synthetic is None and not cfg.model.pretrained:
+    if c.dataset.synthetic is None and not c.model.pretrained:
         log.warning("training on real data from random init (model.pretrained=false); the "
                     "paper's numbers need ImageNet weights: model.pretrained=true or a file path")
-    evaluation = ProtocolEvaluation(dm.protocol, rerank=bool(cfg.eval.rerank))
+    evaluation = ProtocolEvaluation(dm.protocol, rerank=c.eval.rerank)
     trainer = build_trainer(cfg, training=True, settings=settings,
                             components=[*epoch_pass_callbacks(dm), evaluation])
-    trainer.fit(model, datamodule=dm, ckpt_path=cfg.ckpt, weights_only=True)
-    if not cfg.test_after_training:
+    trainer.fit(model, datamodule=dm, ckpt_path=c.ckpt, weights_only=True)
+    if not c.test_after_training:
         return {}
     trainer.test(model, datamodule=dm, verbose=False)
     last = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-    return _report(cfg, trainer, evaluation.result(), out, dm,
+    return _report(c, trainer, evaluation.result(), out, dm,
                    {"checkpoint": str(Path(last).resolve()) if last else None,
                     "img_size": list(dm.size), "data_root": str(Path(dm.root).resolve())})
 
@@ -300,24 +241,7 @@ def overridden(overrides: list[str], key: str) -> bool:
     return any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides)
 
 
-def recorded_dataset(ckpt: dict) -> dict:
-    """The dataset node a checkpoint was trained with (name, root, size, split, cache...).
-
-    Checkpoints record their whole run config; for one that records only the module's
-    arguments, the protocol's YAML (configs/dataset/<name>.yaml) fills in the keys it lacks.
-    """
-    hp = ckpt.get("hyper_parameters", {})
-    node = (hp.get("config") or {}).get("dataset")
-    if node:
-        return dict(node)
-    name = ckpt["tskd"]["dataset"]
-    base = OmegaConf.load(CONFIGS / "dataset" / f"{name}.yaml")
-    known = {k: v for k, v in OmegaConf.to_container(base, resolve=False).items()
-             if not (isinstance(v, str) and "${" in v)}  # the root interpolates paths.*
-    return {**known, **hp.get("dataset", {})}
-
-
-def eval_dataset(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None) -> dict:
+def eval_dataset(cfg, ckpt: dict, overrides: list[str] | None = None) -> DatasetConfig:
     """The dataset to test ``ckpt`` on, refused where it would not be a fair test.
 
     With no ``dataset=...`` on the command line (``cfg.dataset.name`` null, eval.yaml's
@@ -331,11 +255,17 @@ def eval_dataset(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None
     explicit ``model.backbone`` other than the checkpoint's.
 
     Args:
-        cfg: An eval-style config (``dataset``, ``mode``, ``data``, ``eval``, ``ckpt``).
+        cfg: A validated evaluation config (:class:`~tskd.config.EvalConfig` or an app's
+            extension of it); a composed eval.yaml is validated first.
         ckpt: The dict from :func:`tskd.checkpoint.load_checkpoint`.
         overrides: The command line's overrides (Hydra's ``overrides.task``); in-process
             callers may omit it, non-null ``dataset.*`` values count as given.
+
+    Returns:
+        The dataset, checked (:func:`tskd.config.check_dataset`).
     """
+    if isinstance(cfg, DictConfig):
+        cfg = validate(cfg, EvalConfig)
     overrides = list(overrides or [])
     meta = ckpt["tskd"]
     if overridden(overrides, "model.backbone") and cfg.model.backbone != meta["backbone"]:
@@ -344,7 +274,7 @@ def eval_dataset(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None
             f"{cfg.model.backbone} was asked for; drop the override (the checkpoint's backbone "
             "is used by default)."
         )
-    given = _plain(cfg.dataset)
+    given = to_plain(cfg.dataset)
     if given["name"] is None:  # no dataset=...: the checkpoint's, single keys replaced
         d = recorded_dataset(ckpt)
         explicit = {k for k, v in given.items()
@@ -376,14 +306,14 @@ def eval_dataset(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None
     h, w = meta["img_size"]
     d["img_h"] = d["img_h"] if "img_h" in explicit else h
     d["img_w"] = d["img_w"] if "img_w" in explicit else w
-    check_dataset(cfg, d)
+    dataset = check_dataset(d)
     log.info("evaluating on %s at %s (%s), %dx%d, trial %s", d["name"], d["root"], source,
              d["img_h"], d["img_w"], d["trial"])
-    return d
+    return dataset
 
 
-def resolve_test_datamodule(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None,
-                            devices: int = 1, dataset: dict | None = None,
+def resolve_test_datamodule(cfg, ckpt: dict, overrides: list[str] | None = None,
+                            devices: int = 1, dataset: DatasetConfig | None = None,
                             **dm_overrides) -> ReIDDataModule:
     """The test-only datamodule for checkpoint ``ckpt`` (see :func:`eval_dataset`), set up.
 
@@ -391,13 +321,13 @@ def resolve_test_datamodule(cfg: DictConfig, ckpt: dict, overrides: list[str] | 
     copy or split of the data otherwise); only the test images are cached.
 
     Args:
-        cfg: An eval-style config.
+        cfg: A validated evaluation config.
         ckpt: The dict from :func:`tskd.checkpoint.load_checkpoint`.
         overrides: The command line's overrides.
         devices: Processes sharing this machine's CPUs (``data.num_workers=auto``).
         dataset: :func:`eval_dataset`'s result when the caller has it already (not checked
             again).
-        **dm_overrides: Datamodule arguments to force (e.g. one SYSU ``trial`` and ``modes``).
+        **dm_overrides: Dataset keys to force (e.g. one SYSU ``trial`` and ``settings``).
     """
     meta = ckpt["tskd"]
     d = dataset if dataset is not None else eval_dataset(cfg, ckpt, overrides)
@@ -417,15 +347,14 @@ def resolve_test_datamodule(cfg: DictConfig, ckpt: dict, overrides: list[str] | 
 
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     """Test ``cfg.ckpt`` (see :func:`eval_dataset`); returns metrics.json's dict."""
-    check_eval_config(cfg)
-    ckpt = load_checkpoint(cfg.ckpt)
+    c = validate(cfg, EvalConfig)
+    ckpt = load_checkpoint(c.ckpt)
     settings = device_settings(_plain(cfg.trainer))
-    dm = resolve_test_datamodule(cfg, ckpt, overrides, devices=local_devices(settings))
-    module = build_module(ckpt, cfg.ckpt, eval={k: cfg.eval[k] for k in ("flip", "rerank")},
-                          channels_last=settings["channels_last"])
-    evaluation = ProtocolEvaluation(dm.protocol, rerank=bool(cfg.eval.rerank))
+    dm = resolve_test_datamodule(c, ckpt, overrides, devices=local_devices(settings))
+    module = build_module(ckpt, c.ckpt, eval=c.eval, channels_last=settings["channels_last"])
+    evaluation = ProtocolEvaluation(dm.protocol, rerank=c.eval.rerank)
     trainer = build_trainer(cfg, training=False, settings=settings, components=[evaluation])
     trainer.test(module, datamodule=dm, verbose=False)
-    return _report(cfg, trainer, evaluation.result(), Path(cfg.paths.output_dir), dm,
-                   {"checkpoint": str(Path(cfg.ckpt).resolve()), "img_size": list(dm.size),
+    return _report(c, trainer, evaluation.result(), Path(c.paths.output_dir), dm,
+                   {"checkpoint": str(Path(c.ckpt).resolve()), "img_size": list(dm.size),
                     "data_root": str(Path(dm.root).resolve())})

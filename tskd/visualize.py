@@ -18,20 +18,27 @@ only the test images are cached.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image, ImageDraw, ImageFont
 
+from tskd.checks import either, integer, number, one_of, optional, text
+from tskd.config import EvalConfig, register, validate
 from tskd.data import registry
 from tskd.data.protocol import INFRARED, MODALITY_NAMES, VISIBLE, DatasetProtocol
 from tskd.errors import ConfigError, DatasetError
+from tskd.inference import FEATURES
 from tskd.metrics.functional import per_query, ranked_order, removed_mask
+from tskd.schema import MAY_DIFFER, Schema, group
+from tskd.schema import setting as checked
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,58 @@ GREEN, RED = (22, 163, 74), (220, 38, 38)
 MODALITY_COLOURS = {VISIBLE: (37, 99, 235), INFRARED: (126, 34, 206)}
 BACKGROUND, INK, GREY = (255, 255, 255), (20, 20, 20), (150, 150, 150)
 DOT = "  ·  "  # caption separator; the default font's spaces are narrow, so two of them
+QUERY_DRAWS = ("worst", "random")  # vis.queries, besides a list of protocol indices
+
+
+def _indices(v) -> str | None:
+    ok = isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool)
+                                           and x >= 0 for x in v)
+    return None if ok else "a list of protocol indices such as [0,12,40]"
+
+
+def _settings() -> list[str]:
+    """Every setting of every registered dataset (the checkpoint's is known only later)."""
+    return list(dict.fromkeys(s for n in registry.names() for s in registry.get(n).settings))
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisConfig(Schema):
+    """``vis`` (configs/visualize.yaml): which queries, how many results, how big.
+
+    (``checked`` is :func:`tskd.schema.setting`: a field here is called ``setting``.)
+    """
+
+    num_queries: int = checked(integer(1), resume=MAY_DIFFER)
+    topk: int = checked(integer(1), resume=MAY_DIFFER)
+    queries: Any = checked(either(one_of(QUERY_DRAWS), _indices), resume=MAY_DIFFER)
+    trial: int | None = checked(optional(integer(0)), resume=MAY_DIFFER)
+    setting: str | None = checked(optional(one_of(_settings)), resume=MAY_DIFFER)
+    feature: str = checked(one_of(FEATURES), resume=MAY_DIFFER)
+    scale: float = checked(number(0, strict=True), resume=MAY_DIFFER)
+    out_dir: str | None = checked(optional(text), resume=MAY_DIFFER)
+    seed: int = checked(integer(0), resume=MAY_DIFFER)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisualizeConfig(EvalConfig):
+    """configs/visualize.yaml composed: eval.yaml's keys and ``vis``."""
+
+    WHAT = "ranked-list"
+    DEPENDS = ("dataset.name", "vis.setting")
+
+    vis: VisConfig = group()
+
+    def problems(self, key: str) -> list[str]:
+        """With ``dataset=...`` given, ``vis.setting`` must be one of that dataset's."""
+        name, wanted = self.dataset.name, self.vis.setting
+        if name is None or wanted is None or wanted in registry.get(name).settings:
+            return []
+        settings = list(registry.get(name).settings)
+        return [f"vis.setting={wanted!r} must be one of {'|'.join(settings)} or null (set "
+                "vis.setting=<value>)"]
+
+
+register("visualize", VisualizeConfig)
 
 
 @dataclass
@@ -191,7 +250,7 @@ def select_queries(ranking: Ranking, query_index: np.ndarray, how, num: int, see
         seed: Seed of the random draw.
     """
     answerable = np.flatnonzero(ranking.first_hit > 0)  # the protocol skips the others
-    if how in ("worst", "random") and len(answerable) == 0:
+    if how in QUERY_DRAWS and len(answerable) == 0:
         raise DatasetError("no query of this search has a correct match in its gallery, so "
                            "none can be ranked by AP; pass vis.queries as a list of indices.")
     if isinstance(how, str) and how == "worst":
@@ -248,22 +307,22 @@ def build_rows(ranking: Ranking, picked: np.ndarray, search, protocol, images, t
 
 
 # ------------------------------------------------------------------------------ the app
-def _resolve_data(cfg: DictConfig, overrides: list[str], ckpt: dict, setting: str | None):
+def _resolve_data(c: VisualizeConfig, overrides: list[str], ckpt: dict, setting: str | None):
     """The test datamodule as eval resolves it, built for the drawn setting (and trial) only."""
     from tskd.run import eval_dataset, resolve_test_datamodule
 
-    d = eval_dataset(cfg, ckpt, overrides)  # cheap: the checks only, before any data work
-    spec = registry.get(d["name"])
+    d = eval_dataset(c, ckpt, overrides)  # cheap: the checks only, before any data work
+    spec = registry.get(d.name)
     _check_setting(setting, spec)
     settings = (setting,) if setting else None
     if spec.trial_selects_training:
-        if cfg.vis.trial is not None and cfg.vis.trial != d["trial"]:
-            raise ConfigError(f"vis.trial={cfg.vis.trial} but the {spec.title} split is "
-                               f"{d['trial']}; {spec.title} has one gallery per split: drop "
-                               "vis.trial.")
-        return resolve_test_datamodule(cfg, ckpt, overrides, dataset=d, settings=settings)
-    trial = cfg.vis.trial if cfg.vis.trial is not None else (d["trial"] or 0)
-    return resolve_test_datamodule(cfg, ckpt, overrides, dataset=d, trial=trial,
+        if c.vis.trial is not None and c.vis.trial != d.trial:
+            raise ConfigError(f"vis.trial={c.vis.trial} but the {spec.title} split is "
+                              f"{d.trial}; {spec.title} has one gallery per split: drop "
+                              "vis.trial.")
+        return resolve_test_datamodule(c, ckpt, overrides, dataset=d, settings=settings)
+    trial = c.vis.trial if c.vis.trial is not None else (d.trial or 0)
+    return resolve_test_datamodule(c, ckpt, overrides, dataset=d, trial=trial,
                                    settings=settings)
 
 
@@ -271,33 +330,7 @@ def _check_setting(setting: str | None, spec: DatasetProtocol) -> None:
     """``vis.setting`` is one of the dataset's searches (known once the checkpoint is read)."""
     if setting is not None and setting not in spec.settings:
         raise ConfigError(f"bad ranked-list options: vis.setting={setting!r} (use one of "
-                           f"{list(spec.settings)} or null for {spec.name}).")
-
-
-def _check_options(cfg: DictConfig, how) -> None:
-    """Refuse bad ``vis.*`` values up front, each with the accepted ones.
-
-    Without ``dataset=...`` the dataset is the checkpoint's, so ``vis.setting`` is checked
-    against every dataset's settings here and against its own in :func:`_resolve_data`.
-    """
-    vis, name = cfg.vis, cfg.dataset.name
-    if name is not None:
-        settings = list(registry.get(name).settings)
-    else:
-        settings = list(dict.fromkeys(s for n in registry.names()
-                                      for s in registry.get(n).settings))
-    problems = []
-    if vis.setting is not None and vis.setting not in settings:
-        problems.append(f"vis.setting={vis.setting!r} (use one of {settings} or null)")
-    if vis.feature not in ("fc", "pool"):
-        problems.append(f"vis.feature={vis.feature!r} (use fc or pool)")
-    if not (how in ("worst", "random") or isinstance(how, list)):
-        problems.append(f"vis.queries={how!r} (use worst, random or a list like [0,12,40])")
-    for key in ("num_queries", "topk", "scale"):
-        if not vis[key] > 0:
-            problems.append(f"vis.{key}={vis[key]} (must be > 0)")
-    if problems:
-        raise ConfigError("bad ranked-list options: " + "; ".join(problems) + ".")
+                          f"{list(spec.settings)} or null for {spec.name}).")
 
 
 def write_ranked_lists(cfg: DictConfig, overrides: list[str] | None = None) -> Path:
@@ -305,29 +338,26 @@ def write_ranked_lists(cfg: DictConfig, overrides: list[str] | None = None) -> P
     import torch
 
     from tskd.checkpoint import build_module, load_checkpoint
-    from tskd.config_check import check_eval_config
     from tskd.embedding import embed_protocol
 
-    vis = cfg.vis
+    c = validate(cfg, VisualizeConfig)  # before any data or model is loaded
+    vis = c.vis
     how = vis.queries
-    how = OmegaConf.to_container(how) if isinstance(how, ListConfig) else how
-    _check_options(cfg, how)  # before any data or model is loaded
-    check_eval_config(cfg)
-    ckpt = load_checkpoint(cfg.ckpt)
-    dm = _resolve_data(cfg, list(overrides or []), ckpt, vis.setting)
+    ckpt = load_checkpoint(c.ckpt)
+    dm = _resolve_data(c, list(overrides or []), ckpt, vis.setting)
     protocol = dm.protocol
     setting = vis.setting or dm.settings[0]  # SYSU: mode; RegDB, LLCM: the first direction
     search = next(s for s in protocol.searches if s.setting == setting)
-    if cfg.eval.rerank:
+    if c.eval.rerank:
         log.warning("eval.rerank is on, but ranked lists show the plain cosine ranking")
     # flip is applied by embed_protocol, so the module itself must not flip as well
-    module = build_module(ckpt, cfg.ckpt, eval={"flip": False, "rerank": False},
+    module = build_module(ckpt, c.ckpt, eval=dataclasses.replace(c.eval, flip=False),
                           channels_last=False)
-    gpu = cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    gpu = c.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
     module.to(device)
     feats = embed_protocol(module.embed, dm.test_images, protocol,
-                           batch_size=cfg.data.test_batch_size, flip=bool(cfg.eval.flip),
+                           batch_size=c.data.test_batch_size, flip=c.eval.flip,
                            device=device)
     row_of = {int(i): r for r, i in enumerate(np.asarray(feats["index"]))}
     f = np.asarray(feats[vis.feature], dtype=np.float32)  # (needed, C), rows as feats["index"]
@@ -342,13 +372,13 @@ def write_ranked_lists(cfg: DictConfig, overrides: list[str] | None = None) -> P
     tile = (max(1, round(h * float(vis.scale))), max(1, round(w * float(vis.scale))))
     topk = min(int(vis.topk), len(search.gallery))
     image = render_ranked_list(rows, topk=topk, tile_size=tile)
-    out_dir = Path(vis.out_dir) if vis.out_dir else Path(cfg.paths.output_dir) / "ranked_lists"
+    out_dir = Path(vis.out_dir) if vis.out_dir else Path(c.paths.output_dir) / "ranked_lists"
     out_dir.mkdir(parents=True, exist_ok=True)
     label = how if isinstance(how, str) else "chosen"
     png = out_dir / f"{setting}_trial{search.trial}_{label}.png"
     image.save(png)
     png.with_suffix(".json").write_text(json.dumps(
-        {"checkpoint": str(cfg.ckpt), "setting": setting, "trial": search.trial,
+        {"checkpoint": str(c.ckpt), "setting": setting, "trial": search.trial,
          "feature": vis.feature, "queries": facts}, indent=1))
     log.info("wrote %s (%d x %d, %d queries, top-%d)", png, image.width, image.height,
              len(rows), topk)

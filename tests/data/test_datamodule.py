@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import configs
 
 from tskd.data import sysu
 from tskd.data.datamodule import ReIDDataModule, default_cache_dir
@@ -33,8 +34,9 @@ def test_cache_dir_falls_back_when_dataset_is_read_only(tmp_path, monkeypatch):
 
 
 def test_sysu_protocol_indexes_standard_galleries(sysu_root):
-    dm = ReIDDataModule("sysu", str(sysu_root), img_h=16, img_w=8, settings=("all", "indoor"),
-                        num_workers=0)
+    dm = ReIDDataModule(configs.dataset(root=str(sysu_root), img_h=16, img_w=8,
+                                        settings=["all", "indoor"]),
+                        configs.data(num_workers=0), mode="all", seed=0)
     dm.setup()
     p = dm.protocol
     assert len(p.searches) == 20 and p.settings() == ["all", "indoor"]
@@ -52,8 +54,9 @@ def test_sysu_protocol_indexes_standard_galleries(sysu_root):
 def test_regdb_shares_one_cache_across_splits(tmp_path):
     root = make_regdb(tmp_path / "regdb", seed=1, num_ids=10, images_per_modality=2,
                       size=(32, 16))
-    dms = [ReIDDataModule("regdb", str(root), img_h=16, img_w=8, trial=t, num_workers=0,
-                          num_ids=2, num_pos=2) for t in (1, 2)]
+    dms = [ReIDDataModule(configs.dataset("regdb", root=str(root), img_h=16, img_w=8, trial=t),
+                          configs.data(num_workers=0, num_ids=2, num_pos=2), mode="all", seed=0)
+           for t in (1, 2)]
     for dm in dms:
         dm.setup()
     caches = sorted(p.name for p in (root / "tskd_cache").glob("*.npy"))
@@ -71,16 +74,20 @@ def test_regdb_shares_one_cache_across_splits(tmp_path):
 
 
 def test_bad_protocol_arguments(sysu_root):
+    def build(**fields):  # past the schema's checks: the datamodule refuses on its own
+        return ReIDDataModule(configs.dataset(**fields), configs.data(), mode="all", seed=0)
+
     with pytest.raises(DatasetError, match="RegDB needs a split 1..10"):
-        ReIDDataModule("regdb", "x", trial=11)
+        build(name="regdb", root="x", trial=11)
     with pytest.raises(DatasetError, match="SYSU gallery trials are 0..9"):
-        ReIDDataModule("sysu", str(sysu_root), trial=10)
+        build(root=str(sysu_root), trial=10)
     with pytest.raises(DatasetError, match="'market' is not a protocol"):
-        ReIDDataModule("market", "x")
+        build(name="market", root="x")
 
 
 def test_test_loader_pads_evenly_under_ddp(sysu_root):
-    dm = ReIDDataModule("sysu", str(sysu_root), img_h=16, img_w=8, num_workers=0)
+    dm = ReIDDataModule(configs.dataset(root=str(sysu_root), img_h=16, img_w=8),
+                        configs.data(num_workers=0), mode="all", seed=0)
     dm.setup()
     needed = set(dm.protocol.needed().tolist())
     seen, sizes = [], []
@@ -96,8 +103,8 @@ def test_test_loader_pads_evenly_under_ddp(sysu_root):
                                              (10, 64, True), (6, 64, False)])
 def test_pad_too_large_for_the_image_warns_when_training(sysu_root, caplog, pad, img_w, warns):
     caplog.set_level("WARNING", logger="tskd.data.datamodule")
-    dm = ReIDDataModule(name="sysu", root=sysu_root, img_h=2 * img_w, img_w=img_w, pad=pad,
-                        num_workers=0)
+    dm = ReIDDataModule(configs.dataset(root=str(sysu_root), img_h=2 * img_w, img_w=img_w),
+                        configs.data(pad=pad, num_workers=0), mode="all", seed=0)
     dm.setup()
     dm.test_dataloader()
     assert not [r for r in caplog.records if "data.pad" in r.getMessage()]  # testing: no pad
@@ -111,7 +118,8 @@ def test_pad_too_large_for_the_image_warns_when_training(sysu_root, caplog, pad,
 
 def test_negative_pad_is_refused(tmp_path):
     with pytest.raises(DatasetError, match=r"data.pad=-1: .* >= 0"):
-        ReIDDataModule(name="sysu", root=tmp_path, img_h=64, img_w=32, pad=-1)
+        ReIDDataModule(configs.dataset(root=str(tmp_path), img_h=64, img_w=32),
+                       configs.data(pad=-1), mode="all", seed=0)
 
 
 def test_num_workers_auto_follows_the_process_cpus(monkeypatch):
@@ -134,21 +142,25 @@ def test_num_workers_auto_follows_the_process_cpus(monkeypatch):
 def test_num_workers_auto_reaches_the_loaders(monkeypatch, sysu_root):
     from hydra import compose, initialize_config_dir
 
+    from tskd.config import validate
     from tskd.run import build_datamodule
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
-    configs = str(Path(__file__).resolve().parents[2] / "configs")
-    with initialize_config_dir(config_dir=configs, version_base="1.3"):
-        cfg = compose("train", ["dataset=sysu", f"dataset.root={sysu_root}"])
-    assert cfg.data.num_workers == "auto"
-    assert build_datamodule(cfg).num_workers == 6
-    assert build_datamodule(cfg, devices=2).num_workers == 3
+    folder = str(Path(__file__).resolve().parents[2] / "configs")
+    with initialize_config_dir(config_dir=folder, version_base="1.3"):
+        cfg = compose("train", ["dataset=sysu", f"dataset.root={sysu_root}",
+                                "paths.output_dir=unused"])
+    c = validate(cfg)
+    assert c.data.num_workers == "auto"
+    assert build_datamodule(c).num_workers == 6
+    assert build_datamodule(c, devices=2).num_workers == 3
 
 
 def test_test_only_caches_only_the_test_images(tmp_path):
     root = make_sysu(tmp_path / "sysu", seed=4, num_train=5, num_val=2, num_test=4,
                      images_per_cam=2, size=(32, 16))
-    dm = ReIDDataModule("sysu", str(root), img_h=16, img_w=8, num_workers=0, test_only=True)
+    dm = ReIDDataModule(configs.dataset(root=str(root), img_h=16, img_w=8),
+                        configs.loader_data(num_workers=0), mode="all", seed=0, test_only=True)
     counts = dm.train_label_counts()
     vis, ir = sysu.train_set(str(root))
     assert counts == {"num_classes": 7, "num_visible": len(vis), "num_infrared": len(ir)}

@@ -9,7 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import configs
 
+from tskd.config import LossConfig, OptimConfig
 from tskd.models.tskd_module import TSKDModule
 
 LOSS = {"sm_w": 1.0, "md_w": 0.05, "md_start": 1, "margin": 0.3, "ce_only_epochs": 1,
@@ -29,9 +31,10 @@ def _module(compile_net: bool) -> TSKDModule:
     torch.manual_seed(0)
     m = TSKDModule(
         num_classes=IDS, num_visible=P * K, num_infrared=P * K,
-        dataset={"name": "sysu", "root": "x", "trial": None, "img_h": 32, "img_w": 16},
-        model={"backbone": "resnet18", "pretrained": False, "compile": compile_net},
-        loss=LOSS, optim=OPTIM, eval={"flip": False, "rerank": False},
+        dataset=configs.dataset("sysu", root="x", img_h=32, img_w=16),
+        model=configs.model(backbone="resnet18", pretrained=False, compile=compile_net),
+        loss=LossConfig.of(LOSS, "loss"), optim=OptimConfig.of(OPTIM, "optim"),
+        eval=configs.eval_options(),
     )
     m.log = lambda *a, **kw: None
     m._trainer = SimpleNamespace(current_epoch=1, global_step=0, world_size=1,

@@ -8,8 +8,10 @@ from types import SimpleNamespace
 import pytest
 import references as ref
 import torch
+from helpers import configs
 from torch.utils.data import DataLoader, TensorDataset
 
+from tskd.config import LossConfig, OptimConfig
 from tskd.errors import InputError, NonFiniteLossError
 from tskd.losses import gmm_confidence, per_sample_ce, visible_view_confidences
 from tskd.models.epoch_passes import ConfidencePass, PrototypePass
@@ -65,9 +67,10 @@ def make_module(epoch: int = 0, **loss) -> tuple[TSKDModule, list]:
     torch.manual_seed(0)
     m = TSKDModule(
         num_classes=IDS, num_visible=N_VIS, num_infrared=N_IR,
-        dataset={"name": "sysu", "root": "x", "trial": None, "img_h": 32, "img_w": 16},
-        model={"backbone": "resnet18", "pretrained": False},
-        loss={**LOSS, **loss}, optim=OPTIM, eval={"flip": False, "rerank": False},
+        dataset=configs.dataset("sysu", root="x", img_h=32, img_w=16),
+        model=configs.model(backbone="resnet18", pretrained=False),
+        loss=LossConfig.of({**LOSS, **loss}, "loss"), optim=OptimConfig.of(OPTIM, "optim"),
+        eval=configs.eval_options(),
     )
     logged: list = []
     m.log = lambda name, value, **kw: logged.append((name, float(torch.as_tensor(value).detach())))

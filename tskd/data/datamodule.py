@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tskd.data import registry
 from tskd.data.cache import cached_images
+from tskd.data.config import MAX_AUTO_WORKERS, DataConfig, DatasetConfig, TestDataConfig
 from tskd.data.datasets import (
     AugmentedPassSet,
     CachedImageSet,
@@ -39,11 +40,11 @@ from tskd.data.protocol import VISIBLE, TestProtocol
 from tskd.data.samplers import CrossModalityIdentitySampler, FreshDrawBatches
 from tskd.data.synthetic import ensure_synthetic
 from tskd.data.transforms import TrainTransform
-from tskd.errors import DatasetError
+from tskd.errors import DatasetError, InputError
 
 log = logging.getLogger(__name__)
 
-MAX_AUTO_WORKERS = 8  # more loader workers than this per device only add memory
+__all__ = ["MAX_AUTO_WORKERS", "ReIDDataModule", "default_cache_dir", "resolve_num_workers"]
 
 
 def available_cpus() -> int:
@@ -100,73 +101,53 @@ def _warn_large_pad(pad: int, img_w: int) -> None:
 class ReIDDataModule(pl.LightningDataModule):
     """A registered dataset (SYSU-MM01, RegDB, LLCM, ...) for TSKD training and its test protocol.
 
+    Built from the run's typed config nodes (:mod:`tskd.data.config`): every value comes from
+    the YAML through them, none from a default here.
+
     Args:
-        name: Registered dataset name (:func:`tskd.data.registry.names`).
-        root: Dataset folder in the raw layout (see docs/protocol.md).
-        img_h: Cached image height.
-        img_w: Cached image width.
-        trial: SYSU/LLCM: gallery trial to test (None = all ten); RegDB: the split 1..10.
-        settings: Settings to test (SYSU modes, RegDB/LLCM directions); None: the dataset's
-            defaults for ``mode``.
-        mode: ``mode.name`` (SYSU: the search mode tested when ``settings`` is None).
-        shots: Gallery images per identity and camera (SYSU).
-        cache_dir: Folder for the resized-image caches. None: ``ROOT/tskd_cache``, or when the
-            dataset folder is read-only a per-dataset folder under ``$XDG_CACHE_HOME/tskd``
-            (``~/.cache/tskd``).
-        synthetic: ``{"layout": "sysu"|"regdb"|"llcm", "seed": int}`` to generate the dataset
-            at ``root`` when it is not there yet, or None for real data.
-        num_ids: P identities per batch (per device).
-        num_pos: K images per identity and modality.
-        num_workers: DataLoader workers.
-        test_batch_size: Batch size of the test and confidence passes.
+        dataset: ``dataset``: name, root, image size, trial (SYSU/LLCM: the gallery trial to
+            test, None = all ten; RegDB: the split 1..10), settings (None: the dataset's
+            defaults for ``mode``), shots, cache folder (None: ``ROOT/tskd_cache``, or when the
+            dataset folder is read-only a per-dataset folder under ``$XDG_CACHE_HOME/tskd``),
+            and ``synthetic`` (generate the dataset at the root when it is not there yet).
+        data: ``data``: the loaders, and for training the batch (P identities x K images per
+            modality) and its augmentation (docs/method.md, "Batches"); evaluation's
+            :class:`~tskd.data.config.TestDataConfig` has only the loaders' keys.
+        mode: ``mode.name`` (SYSU: the search mode tested when ``dataset.settings`` is null).
         seed: Seed of the identity sampler (augmentation draws derive from it).
-        pad, erasing_p, gray_p, gray_draw, channel_exchange: Train augmentation
-            (docs/method.md, "Batches").
+        devices: Processes sharing this machine's CPUs (``data.num_workers=auto``).
         test_only: Evaluation: cache and load only the test images. The training lists are
             still read (for the class count a checkpoint must match) but their images are never
             cached, which at SYSU-MM01 scale saves ~4 GB of disk and minutes. A shared cache of
             every split (RegDB) holds the test images, so it is built either way.
     """
 
-    def __init__(
-        self,
-        name: str,
-        root: str,
-        img_h: int = 288,
-        img_w: int = 144,
-        trial: int | None = None,
-        settings: tuple[str, ...] | list[str] | None = None,
-        mode: str = "all",
-        shots: int = 1,
-        cache_dir: str | None = None,
-        synthetic: dict | None = None,
-        num_ids: int = 8,
-        num_pos: int = 4,
-        num_workers: int = 2,
-        test_batch_size: int = 128,
-        seed: int = 0,
-        pad: int = 10,
-        erasing_p: float = 0.5,
-        gray_p: float = 0.5,
-        gray_draw: str = "caj",
-        channel_exchange: bool = True,
-        test_only: bool = False,
-    ) -> None:
+    def __init__(self, dataset: DatasetConfig, data: TestDataConfig, *, mode: str, seed: int,
+                 devices: int = 1, test_only: bool = False) -> None:
         super().__init__()
-        self.spec = registry.get(name)
-        self.name, self.root, self.trial = name, str(root), self.spec.check_trial(trial)
-        self.size = (int(img_h), int(img_w))
-        self.settings = self.spec.resolve_settings(settings, mode)
-        self.shots = int(shots)
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(self.root)
-        self.synthetic = dict(synthetic) if synthetic else None
-        self.num_ids, self.num_pos = int(num_ids), int(num_pos)
-        self.num_workers, self.test_batch_size, self.seed = num_workers, test_batch_size, seed
-        self.transform = TrainTransform(
-            self.size[0], self.size[1], pad=pad, erasing_p=erasing_p, gray_p=gray_p,
-            gray_draw=gray_draw, channel_exchange=channel_exchange,
-        )
+        self.spec = registry.get(dataset.name)
+        self.name, self.root = dataset.name, str(dataset.root)
+        self.trial = self.spec.check_trial(dataset.trial)
+        self.size = (int(dataset.img_h), int(dataset.img_w))
+        self.settings = self.spec.resolve_settings(dataset.settings, mode)
+        self.shots = int(dataset.shots)
+        self.cache_dir = (Path(dataset.cache_dir) if dataset.cache_dir
+                          else default_cache_dir(self.root))
+        self.synthetic = dataset.synthetic
+        self.num_workers = resolve_num_workers(data.num_workers, devices)
+        self.test_batch_size, self.seed = data.test_batch_size, seed
         self.test_only = bool(test_only)
+        self.transform = None  # evaluation never augments
+        if not self.test_only:
+            if not isinstance(data, DataConfig):
+                raise InputError(f"training needs the batch and augmentation keys of data "
+                                 f"(tskd.data.config.DataConfig), got {type(data).__name__}")
+            self.num_ids, self.num_pos = data.num_ids, data.num_pos
+            self.transform = TrainTransform(
+                self.size[0], self.size[1], pad=data.pad, erasing_p=data.erasing_p,
+                gray_p=data.gray_p, gray_draw=data.gray_draw,
+                channel_exchange=data.channel_exchange,
+            )
         self._ready = self._prepared = False
         self._lists: tuple[list, list] | None = None  # read once: resume/eval checks, then setup
         self._test: tuple[list, list] | None = None
@@ -174,7 +155,7 @@ class ReIDDataModule(pl.LightningDataModule):
     # ----------------------------------------------------------------------------- lists
     def _ensure_data(self) -> None:
         if self.synthetic:
-            ensure_synthetic(self.root, **self.synthetic)
+            ensure_synthetic(self.root, self.synthetic.layout, seed=self.synthetic.seed)
 
     def _train_lists(self) -> tuple[list, list]:
         """(visible, infrared) training records, listed from ``root`` on first use only."""

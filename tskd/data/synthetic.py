@@ -520,6 +520,7 @@ def make_sysu_full(root, seed=0, size=(64, 32)) -> Path:
 
 
 _MAKERS = {"sysu": make_sysu, "regdb": make_regdb, "llcm": make_llcm}
+LAYOUTS = tuple(_MAKERS)  # dataset.synthetic.layout
 
 
 def _params(layout: str, maker, root, **kw) -> dict:

@@ -37,10 +37,11 @@ from torch import nn
 
 from tskd.losses.host_reads import host_copy, to_device
 
-__all__ = ["PROTOTYPE_NORMS", "SM_FORMS", "PrototypeBank", "SelfMimicLoss"]
+__all__ = ["PROTOTYPE_NORMS", "SM_FORMS", "SM_METRICS", "PrototypeBank", "SelfMimicLoss"]
 
 PROTOTYPE_NORMS = ("count", "weight")
 SM_FORMS = ("code", "mean")
+SM_METRICS = ("l1", "l2")
 INFRARED_SLOT = 2
 _SUMS = ("wsum", "weight_sum", "count")
 
@@ -198,8 +199,8 @@ class SelfMimicLoss(nn.Module):
 
     def __init__(self, metric: str = "l1", form: str = "code") -> None:
         super().__init__()
-        if metric not in ("l1", "l2"):
-            raise ValueError(f"loss.sm_metric={metric!r}: use 'l1' or 'l2'")
+        if metric not in SM_METRICS:
+            raise ValueError(f"loss.sm_metric={metric!r}: use one of {SM_METRICS}")
         if form not in SM_FORMS:
             raise ValueError(f"loss.sm_form={form!r}: use one of {SM_FORMS}")
         self.metric, self.form = metric, form

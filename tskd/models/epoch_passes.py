@@ -26,6 +26,7 @@ training that the callbacks its loss settings need are present.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -184,14 +185,15 @@ def sum_over_ranks(trainer: pl.Trainer | None, t: torch.Tensor) -> torch.Tensor:
     return trainer.strategy.reduce(t, reduce_op="sum")
 
 
-def needs_confidence_pass(loss: dict) -> bool:
-    """Whether the loss settings read GMM confidences (``loss.soft_identity``)."""
-    return bool(loss["soft_identity"])
+def needs_confidence_pass(loss) -> bool:
+    """Whether the loss settings (a :class:`~tskd.config.LossConfig`) read GMM confidences
+    (``loss.soft_identity``)."""
+    return bool(loss.soft_identity)
 
 
-def needs_prototype_pass(loss: dict) -> bool:
+def needs_prototype_pass(loss) -> bool:
     """Whether the settings build prototypes in a pass (with ``sm_w = 0`` nothing reads them)."""
-    return bool(loss["prototype_pass"]) and loss["sm_w"] > 0
+    return bool(loss.prototype_pass) and loss.sm_w > 0
 
 
 def _log_pass_time(module: pl.LightningModule, name: str, start: float) -> None:
@@ -226,10 +228,10 @@ class ConfidencePass(_EpochPass):
     def confidences(self, trainer: pl.Trainer, module: pl.LightningModule
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(view1, view2, infrared)`` confidences of every training image (all ranks')."""
-        gmm = dict(module.loss_cfg["gmm"])
+        gmm = dataclasses.asdict(module.loss_cfg.gmm)  # GaussianMixture's own settings
         n_vis, n_ir = len(module.conf_view1), len(module.conf_infrared)
         context = trainer.precision_plugin.forward_context
-        if module.loss_cfg["gmm_pass"] == "train":
+        if module.loss_cfg.gmm_pass == "train":
             batches = self.loaders.augmented_confidence_dataloader(module.current_epoch)
             losses = augmented_losses(module.net, batches, n_vis, n_ir, context)
             # each image was seen by exactly one rank: a sum assembles the full vectors

@@ -24,6 +24,8 @@ import pytorch_lightning as pl
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from tskd.config import LossConfig, ModelConfig, OptimConfig, TestOptions
+from tskd.data.config import DatasetConfig
 from tskd.embedding import flip_averaged
 from tskd.errors import InputError, NonFiniteLossError
 from tskd.losses import (
@@ -46,6 +48,7 @@ from tskd.models.epoch_passes import (
 )
 from tskd.models.protocol_evaluation import ProtocolEvaluation
 from tskd.models.schedule import lr_factor, stage
+from tskd.schema import to_plain
 
 CHECKPOINT_FORMAT = 2  # 2: per-view confidences, bank sums as extra state
 
@@ -57,14 +60,18 @@ class TSKDModule(pl.LightningModule):
         num_classes: Training identities.
         num_visible: Training visible images (size of the confidence buffer).
         num_infrared: Training infrared images.
-        dataset: What the model is trained on: ``{"name", "root", "trial", "img_h", "img_w"}``;
-            recorded in checkpoints so evaluation can refuse a mismatch.
-        model: ``TwoStreamNet`` arguments (configs/model).
+        dataset: What the model is trained on (``name``, ``root``, ``trial`` and image size are
+            recorded in checkpoints so evaluation can refuse a mismatch).
+        model: The network (configs/model).
         loss: Loss weights and switches (configs/loss).
         optim: Optimiser and schedule (``optim`` in configs/train.yaml).
-        eval: Test options (``flip``, ``rerank``).
+        eval: Test options (``flip``; ``rerank`` is recorded only); None: no flip.
         channels_last: Use the channels-last memory format (GPU speed).
-        config: The resolved run config, stored in checkpoints for provenance.
+        config: The resolved run config (plain values), stored in checkpoints for provenance.
+
+    The hyper-parameters a checkpoint stores are plain values (dicts of the typed arguments),
+    so it loads with ``torch.load(weights_only=True)``; :func:`tskd.checkpoint.build_module`
+    turns them back into the typed arguments.
     """
 
     # ---------------------------------------------------------------- system definition
@@ -73,37 +80,45 @@ class TSKDModule(pl.LightningModule):
         num_classes: int,
         num_visible: int,
         num_infrared: int,
-        dataset: dict,
-        model: dict,
-        loss: dict,
-        optim: dict,
-        eval: dict | None = None,  # noqa: A002 - mirrors the config key
+        dataset: DatasetConfig,
+        model: ModelConfig,
+        loss: LossConfig,
+        optim: OptimConfig,
+        eval: TestOptions | None = None,  # noqa: A002 - mirrors the config key
         channels_last: bool = False,
         config: dict | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        model = dict(model)
-        compile_net = bool(model.pop("compile", False))  # a switch of ours, not a net argument
-        self.net = TwoStreamNet(num_classes, **model)
-        self.loss_cfg, self.optim_cfg = dict(loss), dict(optim)
-        self.eval_cfg = dict(eval or {})
-        if loss["gmm_pass"] not in GMM_PASSES:
-            raise ValueError(f"loss.gmm_pass={loss['gmm_pass']!r}: use one of {GMM_PASSES}")
+        flip, rerank = (eval.flip, eval.rerank) if eval is not None else (False, False)
+        self.save_hyperparameters({
+            "num_classes": num_classes, "num_visible": num_visible, "num_infrared": num_infrared,
+            "dataset": {k: getattr(dataset, k) for k in ("name", "root", "trial", "img_h",
+                                                         "img_w")},
+            "model": to_plain(model), "loss": to_plain(loss), "optim": to_plain(optim),
+            "eval": {"flip": flip, "rerank": rerank}, "channels_last": channels_last,
+            "config": config,
+        })
+        self.net = TwoStreamNet(
+            num_classes, backbone=model.backbone, pretrained=model.pretrained,
+            last_stride=model.last_stride, non_local=model.non_local,
+            nl_inter_channels=model.nl_inter_channels, gem_p=model.gem_p,
+        )
+        self.loss_cfg, self.optim_cfg, self.flip = loss, optim, bool(flip)
+        if loss.gmm_pass not in GMM_PASSES:
+            raise ValueError(f"loss.gmm_pass={loss.gmm_pass!r}: use one of {GMM_PASSES}")
         self.si = SoftIdentityLoss()
-        self.triplet = BatchHardTriplet(margin=loss["margin"],
-                                        per_modality=loss["triplet_per_modality"])
-        self.sm = SelfMimicLoss(metric=loss["sm_metric"], form=loss["sm_form"])
-        self.md = MutualDistillationLoss(form=loss["md_form"], bandwidth=loss["md_bandwidth"])
+        self.triplet = BatchHardTriplet(margin=loss.margin, per_modality=loss.triplet_per_modality)
+        self.sm = SelfMimicLoss(metric=loss.sm_metric, form=loss.sm_form)
+        self.md = MutualDistillationLoss(form=loss.md_form, bandwidth=loss.md_bandwidth)
         self.bank = PrototypeBank(num_classes, num_slots=3, dim=self.net.feat_dim,
-                                  norm=loss["prototype_norm"])
+                                  norm=loss.prototype_norm)
         # one confidence per training image and view: w1, w2 (visible), wr (infrared)
         self.register_buffer("conf_view1", torch.ones(num_visible))
         self.register_buffer("conf_view2", torch.ones(num_visible))
         self.register_buffer("conf_infrared", torch.ones(num_infrared))
         if channels_last:
             self.net.use_channels_last()  # the net formats every input it is given
-        if compile_net:
+        if model.compile:
             self._compile_training_forward()
 
     def _compile_training_forward(self) -> None:
@@ -124,14 +139,14 @@ class TSKDModule(pl.LightningModule):
 
     def embed(self, x: torch.Tensor, modality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pool, fc) features, averaged with the flipped image when ``eval.flip`` is on."""
-        if self.eval_cfg.get("flip", False):  # eval is optional (None: no test options)
+        if self.flip:
             return flip_averaged(self.net.extract, x, modality)
         return self.net.extract(x, modality)
 
     # ----------------------------------------------------- state the epoch passes fill
     @property
     def stage(self) -> str:
-        return stage(self.current_epoch, self.loss_cfg["ce_only_epochs"], self.loss_cfg["md_start"])
+        return stage(self.current_epoch, self.loss_cfg.ce_only_epochs, self.loss_cfg.md_start)
 
     @property
     def confidences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -181,11 +196,11 @@ class TSKDModule(pl.LightningModule):
             terms["ce"] = self.si(logits, labels3, w)
             terms["tri"] = self.triplet(f, labels3, modality3)
             terms["sm"] = self.sm(f, labels3, slots, w, self.bank)
-            total = terms["ce"] + terms["tri"] + self.loss_cfg["sm_w"] * terms["sm"]
+            total = terms["ce"] + terms["tri"] + self.loss_cfg.sm_w * terms["sm"]
             if cur == "II":
                 terms["md"] = self.md(f[:b], f[b : 2 * b], f[2 * b :], labels)
-                total = total + self.loss_cfg["md_w"] * terms["md"]
-            if not self.loss_cfg["prototype_pass"]:
+                total = total + self.loss_cfg.md_w * terms["md"]
+            if not self.loss_cfg.prototype_pass:
                 self.bank.accumulate(f.detach(), labels3, slots, w)
         # The one host synchronisation a step makes on purpose: the step must stop before the
         # optimiser writes NaN into the weights (which the next checkpoint would keep), and the
@@ -263,13 +278,13 @@ class TSKDModule(pl.LightningModule):
     def configure_optimizers(self):
         o = self.optim_cfg
         groups = [
-            {"params": list(self.net.backbone_parameters()), "lr": o["lr_backbone"],
+            {"params": list(self.net.backbone_parameters()), "lr": o.lr_backbone,
              "name": "backbone"},
-            {"params": list(self.net.head_parameters()), "lr": o["lr_head"], "name": "head"},
+            {"params": list(self.net.head_parameters()), "lr": o.lr_head, "name": "head"},
         ]
-        opt = torch.optim.SGD(groups, lr=o["lr_head"], momentum=o["momentum"],
-                              nesterov=o["nesterov"], weight_decay=o["weight_decay"])
-        warm, milestones, gamma = o["warmup_epochs"], tuple(o["milestones"]), o["gamma"]
+        opt = torch.optim.SGD(groups, lr=o.lr_head, momentum=o.momentum, nesterov=o.nesterov,
+                              weight_decay=o.weight_decay)
+        warm, milestones, gamma = o.warmup_epochs, tuple(o.milestones), o.gamma
         sched = LambdaLR(opt, lambda e: lr_factor(e, warm, milestones, gamma))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 

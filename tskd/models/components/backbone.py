@@ -26,6 +26,8 @@ BACKBONES = {
     "resnet34": (torchvision.models.resnet34, 512),
     "resnet50": (torchvision.models.resnet50, 2048),
 }
+# layer4's stride: 1 keeps the feature map twice as large (the paper's), 2 is torchvision's
+LAST_STRIDES = (1, 2)
 # Non-local blocks after the last 2 blocks of layer2 and the last 3 of layer3 (AGW placement).
 NON_LOCAL_COUNTS = {"layer2": 2, "layer3": 3}
 
@@ -66,8 +68,8 @@ class TwoStreamResNet(nn.Module):
             raise ValueError(
                 f"unknown backbone {depth!r}; set model.backbone to one of {sorted(BACKBONES)}."
             )
-        if last_stride not in (1, 2):
-            raise ValueError(f"last_stride must be 1 or 2, got {last_stride!r}.")
+        if last_stride not in LAST_STRIDES:
+            raise ValueError(f"last_stride must be one of {LAST_STRIDES}, got {last_stride!r}.")
         build, self.out_channels = BACKBONES[depth]
         self.depth = depth
         resnet = build(weights=None)

@@ -1,4 +1,4 @@
-"""Config values are validated at the start of train() (tskd.config_check), before data work.
+"""Config values are validated at the start of train() (tskd.config.validate), before data work.
 
 Also the other start-of-run check: ImageNet weights that cannot be had stop the run at once.
 """
@@ -13,8 +13,8 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from test_eval_from_checkpoint import SMALL, compose_config
 
-from tskd.config_check import ConfigError, check_train_config
-from tskd.errors import CheckpointError
+from tskd.config import validate
+from tskd.errors import CheckpointError, ConfigError
 from tskd.models.components.pretrained import weights_file_name
 from tskd.run import train
 
@@ -74,7 +74,7 @@ def test_invalid_value_refused_at_start(tmp_path, key, value, want):
 def test_every_problem_in_one_message(tmp_path):
     cfg = _config(tmp_path, "loss.md_w=abc", "optim.lr_head=-0.1", "data.gray_draw=rgb")
     with pytest.raises(ConfigError) as err:
-        check_train_config(cfg)
+        validate(cfg)
     msg = str(err.value)
     assert msg.startswith("invalid training config, nothing was run: ")
     assert "loss.md_w='abc'" in msg and "optim.lr_head=-0.1" in msg
@@ -100,12 +100,12 @@ def test_regdb_split_range_checked(tmp_path):
 
 
 def test_suspicious_values_warn(tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="tskd.config_check")
-    check_train_config(_config(tmp_path, "loss.md_w=2", "data.num_ids=1"))
+    caplog.set_level(logging.WARNING, logger="tskd.config")
+    validate(_config(tmp_path, "loss.md_w=2", "data.num_ids=1"))
     text = caplog.text
     assert "loss.md_w=2 is above 1" in text and "data.num_ids=1" in text
     caplog.clear()
-    check_train_config(_config(tmp_path))
+    validate(_config(tmp_path))
     assert caplog.text == ""  # the defaults are not suspicious
 
 
@@ -116,7 +116,7 @@ def test_suspicious_values_warn(tmp_path, caplog):
 ])
 def test_shipped_configs_pass(tmp_path, keys):
     cfg = compose_config("train", [*keys, f"paths.output_dir={tmp_path}"])
-    check_train_config(cfg)
+    validate(cfg)
 
 
 def test_offline_imagenet_weights_stop_train_before_any_data_work(tmp_path, monkeypatch):

@@ -1,0 +1,342 @@
+"""The run's config schema: every key typed, checked at the door, and turned into objects.
+
+Each group is a frozen dataclass (:class:`ModelConfig`, :class:`LossConfig` with its
+:class:`GMMConfig`, :class:`OptimConfig`, :class:`SupervisionConfig`, ...; ``dataset`` and
+``data`` are the data layer's, :mod:`tskd.data.config`, and ``trainer`` the Trainer's,
+:class:`tskd.trainer.TrainerConfig`), composed into :class:`TrainConfig`, :class:`EvalConfig`
+and (in :mod:`tskd.visualize`) the ranked-list app's schema. A value and its comment live once,
+in the YAML; a field holds the type, the check (ranges, and option sets imported from the
+modules that own them) and the resume rule (:mod:`tskd.schema`). Adding a key means its YAML
+value and its field, nothing else.
+
+:func:`validate` checks a composed config against a schema before any data work and raises one
+:class:`~tskd.errors.ConfigError` listing every problem with its key, value and fix: a wrong
+type, a value out of range, an option its owner does not have, a missing key (a default never
+lives in code as well), and a key no schema knows (``+loss.md_weight=0.5``), with the closest
+known key. Legal but suspicious values are logged as warnings. The schemas are also stored in
+Hydra's ConfigStore (``schema_train``, ``schema_eval``, ``schema_visualize``) for tools that
+compose against them; the project checks with :func:`validate` rather than at composition,
+because Hydra stops at the first problem and names no fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+import tskd.resolvers  # noqa: F401  (dataset roots interpolate ${tskd.cwd:})
+from tskd.checks import (
+    boolean,
+    epochs_list,
+    epochs_set,
+    integer,
+    number,
+    one_of,
+    optional,
+    specs,
+    text,
+    weights,
+)
+from tskd.data.config import DataConfig, DatasetConfig, SyntheticConfig, TestDataConfig
+from tskd.data.sysu import GALLERY_CAMS
+from tskd.errors import ConfigError
+from tskd.losses.mmd import MD_BANDWIDTHS, MD_FORMS
+from tskd.losses.self_mimic import PROTOTYPE_NORMS, SM_FORMS, SM_METRICS
+from tskd.models.components.backbone import BACKBONES, LAST_STRIDES
+from tskd.models.epoch_passes import GMM_PASSES
+from tskd.schema import (
+    MAY_DIFFER,
+    MUST_MATCH,
+    Schema,
+    build,
+    check_tree,
+    group,
+    nested,
+    plain_tree,
+    setting,
+)
+from tskd.supervision.modes import LABEL_SPLITS, SUPERVISION_MODES
+from tskd.trainer import TrainerConfig
+
+__all__ = ["DataConfig", "DatasetConfig", "EvalConfig", "EvalOptions", "GMMConfig",
+           "LossConfig", "ModelConfig", "OptimConfig", "SupervisionConfig", "SyntheticConfig",
+           "TestDataConfig", "TestOptions", "TrainConfig", "TrainerConfig", "validate"]
+
+log = logging.getLogger(__name__)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(Schema):
+    """``model`` (configs/model): the two-stream network."""
+
+    backbone: str = setting(one_of(tuple(BACKBONES)), resume=MUST_MATCH)
+    # only the weights before the first step: a resume replaces them all
+    pretrained: bool | str = setting(weights, resume=MAY_DIFFER,
+                                     fix="false trains from scratch")
+    last_stride: int = setting(one_of(LAST_STRIDES), resume=MUST_MATCH)
+    non_local: bool = setting(boolean, resume=MUST_MATCH)
+    nl_inter_channels: int | None = setting(optional(integer(1)), resume=MUST_MATCH)
+    gem_p: float = setting(number(0, strict=True), resume=MUST_MATCH)
+    compile: bool = setting(boolean, resume=MAY_DIFFER)  # how it runs, not what it learns
+
+
+@dataclass(frozen=True, kw_only=True)
+class GMMConfig(Schema):
+    """``loss.gmm``: the GaussianMixture fit of the confidences."""
+
+    max_iter: int = setting(integer(1), resume=MUST_MATCH)
+    tol: float = setting(number(0, strict=True), resume=MUST_MATCH)
+    reg_covar: float = setting(number(0), resume=MUST_MATCH)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossConfig(Schema):
+    """``loss`` (configs/loss): weights, schedule and the switches of each term."""
+
+    sm_w: float = setting(number(0), resume=MUST_MATCH)
+    md_w: float = setting(number(0), resume=MUST_MATCH)
+    md_start: int = setting(integer(0), resume=MUST_MATCH)
+    margin: float = setting(number(0), resume=MUST_MATCH)
+    ce_only_epochs: int = setting(integer(0), resume=MUST_MATCH)
+    soft_identity: bool = setting(boolean, resume=MUST_MATCH)
+    triplet_per_modality: bool = setting(boolean, resume=MUST_MATCH)
+    sm_metric: str = setting(one_of(SM_METRICS), resume=MUST_MATCH)
+    sm_form: str = setting(one_of(SM_FORMS), resume=MUST_MATCH)
+    md_form: str = setting(one_of(MD_FORMS), resume=MUST_MATCH)
+    md_bandwidth: str = setting(one_of(MD_BANDWIDTHS), resume=MUST_MATCH)
+    prototype_pass: bool = setting(boolean, resume=MUST_MATCH)
+    prototype_norm: str = setting(one_of(PROTOTYPE_NORMS), resume=MUST_MATCH)
+    gmm_pass: str = setting(one_of(GMM_PASSES), resume=MUST_MATCH)
+    gmm: GMMConfig = group()
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig(Schema):
+    """``optim``: SGD and its step schedule with linear warm-up."""
+
+    lr_head: float = setting(number(0, strict=True), resume=MUST_MATCH)
+    lr_backbone: float = setting(number(0, strict=True), resume=MUST_MATCH)
+    momentum: float = setting(number(0, high=1, high_strict=True), resume=MUST_MATCH)
+    nesterov: bool = setting(boolean, resume=MUST_MATCH)
+    weight_decay: float = setting(number(0), resume=MUST_MATCH)
+    warmup_epochs: int = setting(integer(0), resume=MUST_MATCH)
+    milestones: tuple[int, ...] = setting(epochs_list, resume=MUST_MATCH)
+    gamma: float = setting(number(0, strict=True, high=1), resume=MUST_MATCH)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupervisionConfig(Schema):
+    """``supervision`` (configs/supervision): which training labels the run sees."""
+
+    name: str = setting(one_of(SUPERVISION_MODES), resume=MUST_MATCH)
+    label_noise: float = setting(number(0, high=1, high_strict=True), resume=MUST_MATCH)
+    noise_seed: int = setting(integer(0), resume=MUST_MATCH)
+    noise_file: str | None = setting(optional(text), resume=MUST_MATCH)
+    robust_triplet: bool = setting(boolean, resume=MUST_MATCH)
+    label_ratio: float = setting(number(0, strict=True, high=1), resume=MUST_MATCH)
+    label_split: str = setting(one_of(LABEL_SPLITS), resume=MUST_MATCH)
+    label_seed: int = setting(integer(0), resume=MUST_MATCH)
+    pretrain_epochs: int = setting(integer(0), resume=MUST_MATCH)
+    pretrain_lr_factor: float = setting(number(0, strict=True), resume=MUST_MATCH)
+    refresh_every: int = setting(integer(1), resume=MUST_MATCH)
+    labelled_weight_one: bool = setting(boolean, resume=MUST_MATCH)
+    plot_epochs: tuple[int, ...] = setting(epochs_set, resume=MAY_DIFFER)  # diagnostics only
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModeConfig(Schema):
+    """``mode`` (configs/mode): SYSU-MM01's search mode (which visible cameras form the gallery)."""
+
+    name: str = setting(one_of(tuple(GALLERY_CAMS)), resume=MAY_DIFFER)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TestOptions(Schema):
+    """What the module itself needs of ``eval`` (recorded in checkpoints)."""
+
+    flip: bool = setting(boolean, resume=MAY_DIFFER)
+    rerank: bool = setting(boolean, resume=MAY_DIFFER)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalOptions(TestOptions):
+    """``eval`` of eval.yaml: the test options and the two switches of a cross-domain test."""
+
+    allow_other_dataset: bool = setting(boolean, resume=MAY_DIFFER)
+    allow_other_trial: bool = setting(boolean, resume=MAY_DIFFER)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainEvalConfig(EvalOptions):
+    """``eval`` of train.yaml: also the monitoring curve every n epochs."""
+
+    every_n_epochs: int = setting(integer(0), resume=MAY_DIFFER)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PathsConfig(Schema):
+    """``paths`` (configs/paths): where data and runs go."""
+
+    data_dir: str = setting(text, resume=MAY_DIFFER)
+    log_dir: str = setting(text, resume=MAY_DIFFER)
+    output_dir: str = setting(text, resume=MAY_DIFFER)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Schema):
+    """configs/train.yaml composed: what train.py runs."""
+
+    WHAT = "training"
+
+    task_name: str = setting(text, resume=MAY_DIFFER)
+    seed: int = setting(integer(0), resume=MUST_MATCH)
+    ckpt: str | None = setting(optional(text), resume=MAY_DIFFER)
+    test_after_training: bool = setting(boolean, resume=MAY_DIFFER)
+    data: DataConfig = group()
+    optim: OptimConfig = group()
+    eval: TrainEvalConfig = group()
+    dataset: DatasetConfig = group()
+    model: ModelConfig = group()
+    loss: LossConfig = group()
+    supervision: SupervisionConfig = group()
+    mode: ModeConfig = group()
+    trainer: TrainerConfig = group()
+    # documented free-form nodes: named _target_ specs Hydra instantiates
+    logger: dict[str, Any] | None = setting(specs, resume=MAY_DIFFER)
+    callbacks: dict[str, Any] | None = setting(specs, resume=MAY_DIFFER)
+    paths: PathsConfig = group()
+
+
+def _nullable(schema: type, name: str) -> type:
+    """``schema`` with every leaf also null: eval.yaml's dataset, filled from the checkpoint."""
+    hints, specs_ = typing.get_type_hints(schema), []
+    for f in dataclasses.fields(schema):
+        meta = dict(f.metadata)
+        if nested(hints[f.name])[0] is None:
+            meta["check"] = optional(meta["check"])
+        specs_.append((f.name, hints[f.name] | None, dataclasses.field(metadata=meta)))
+    made = dataclasses.make_dataclass(name, specs_, bases=(Schema,), frozen=True, kw_only=True)
+    made.__module__ = __name__
+    return made
+
+
+DatasetChoice = _nullable(DatasetConfig, "DatasetChoice")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(Schema):
+    """configs/eval.yaml composed: what eval.py runs (the dataset comes from the checkpoint)."""
+
+    WHAT = "evaluation"
+
+    task_name: str = setting(text, resume=MAY_DIFFER)
+    seed: int = setting(integer(0), resume=MAY_DIFFER)
+    ckpt: str = setting(text, resume=MAY_DIFFER)
+    dataset: DatasetChoice = group()
+    data: TestDataConfig = group()
+    eval: EvalOptions = group()
+    model: ModelConfig = group()
+    mode: ModeConfig = group()
+    trainer: TrainerConfig = group()
+    paths: PathsConfig = group()
+
+
+def register(name: str, schema: type) -> None:
+    """Store ``schema`` in Hydra's ConfigStore as ``schema_<name>`` (the schema of <name>.yaml)."""
+    ConfigStore.instance().store(name=f"schema_{name}", node=schema)
+
+
+register("train", TrainConfig)
+register("eval", EvalConfig)
+
+
+def validate(cfg: DictConfig | Mapping, schema: type = TrainConfig):
+    """The composed ``cfg`` as typed objects of ``schema``, or every problem at once.
+
+    Raises:
+        ConfigError: ``invalid <what> config, nothing was run: <key>=<value> must be <what it
+            must be> (set <key>=<value>; <hint>); ...``, one entry per problem.
+    """
+    tree = plain_tree(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    problems, warnings = check_tree(schema, tree)
+    if problems:
+        raise ConfigError(f"invalid {schema.WHAT} config, nothing was run: "
+                          + "; ".join(problems) + ".")
+    for message in warnings:
+        log.warning(message)
+    typed = build(schema, tree)
+    if isinstance(typed, TrainConfig):
+        warn_suspicious(typed)
+    return typed
+
+
+def check_dataset(node: Mapping) -> DatasetConfig:
+    """A resolved dataset node (evaluation: the checkpoint's, with the command line's keys)."""
+    tree = plain_tree(node) if isinstance(node, DictConfig) else dict(node)
+    problems, _ = check_tree(DatasetConfig, tree, "dataset")
+    if problems:
+        raise ConfigError("invalid dataset config, nothing was run: " + "; ".join(problems) + ".")
+    return build(DatasetConfig, tree)
+
+
+def warn_suspicious(c: TrainConfig) -> None:
+    """Log values that are legal but rarely meant."""
+    loss, optim = c.loss, c.optim
+    if loss.md_w > 1:
+        log.warning("loss.md_w=%s is above 1; the paper uses 0.05 (the MD term is large at the "
+                    "code's magnitude). Legal, but check it is meant.", loss.md_w)
+    if loss.sm_w > 10:
+        log.warning("loss.sm_w=%s is far above the paper's 1. Legal, but check it is meant.",
+                    loss.sm_w)
+    if optim.lr_head > 1 or optim.lr_backbone > 1:
+        log.warning("optim.lr_head=%s / optim.lr_backbone=%s: an SGD rate above 1 usually "
+                    "diverges (the paper: 0.1 / 0.01).", optim.lr_head, optim.lr_backbone)
+    if loss.md_start < loss.ce_only_epochs:
+        log.warning("loss.md_start=%s is before the CE-only warm-up ends (loss.ce_only_epochs=%s):"
+                    " MD starts while the GMM confidences are still off.", loss.md_start,
+                    loss.ce_only_epochs)
+    if c.data.num_ids < 2:
+        log.warning("data.num_ids=1: a batch holds one identity, so the triplet loss has no "
+                    "negatives; the paper uses 6-8.")
+
+
+def yaml_values(path: str, node: str | None = None) -> dict:
+    """The literal values of configs/``path`` (its ``node``), interpolated ones left out."""
+    tree = OmegaConf.to_container(OmegaConf.load(CONFIGS / path), resolve=False)
+    tree = tree[node] if node else tree
+    tree.pop("defaults", None)
+    return {k: v for k, v in tree.items() if not (isinstance(v, str) and "${" in v)}
+
+
+def from_record(schema: type, record: Mapping, base: Mapping, key: str):
+    """The typed object of a node a checkpoint recorded.
+
+    Keys an older checkpoint lacks come from the YAML values ``base`` (where the default
+    lives), keys the schema no longer has are dropped.
+
+    Raises:
+        ConfigError: A recorded value no longer passes its check.
+    """
+    def merge(schema_: type, rec: Mapping, b: Mapping) -> dict:
+        hints, out = typing.get_type_hints(schema_), {}
+        for f in dataclasses.fields(schema_):
+            sub, _ = nested(hints[f.name])
+            if f.name in rec and sub and isinstance(rec[f.name], Mapping):
+                out[f.name] = merge(sub, rec[f.name], b.get(f.name) or {})
+            elif f.name in rec:
+                out[f.name] = rec[f.name]
+            elif f.name in b:
+                out[f.name] = b[f.name]
+        return out
+
+    return schema.of(merge(schema, record, base), key)
