@@ -105,6 +105,7 @@ def module_arguments(ckpt: dict) -> dict:
         LossConfig,
         ModelConfig,
         OptimConfig,
+        SupervisionConfig,
         TestOptions,
         from_record,
         yaml_values,
@@ -123,6 +124,10 @@ def module_arguments(ckpt: dict) -> dict:
         "eval": from_record(TestOptions, hp.get("eval") or {}, train["eval"], "eval"),
         "channels_last": bool(hp.get("channels_last", False)),
         "config": hp.get("config"),
+        # checkpoints from before the supervision group: full labels
+        "supervision": (from_record(SupervisionConfig, hp["supervision"],
+                                    yaml_values("supervision/full.yaml"), "supervision")
+                        if hp.get("supervision") else None),
     }
 
 

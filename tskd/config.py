@@ -2,7 +2,8 @@
 
 Each group is a frozen dataclass (:class:`ModelConfig`, :class:`LossConfig` with its
 :class:`GMMConfig`, :class:`OptimConfig`, :class:`SupervisionConfig`, ...; ``dataset`` and
-``data`` are the data layer's, :mod:`tskd.data.config`, and ``trainer`` the Trainer's,
+``data`` are the data layer's, :mod:`tskd.data.config`, ``supervision`` its package's,
+:mod:`tskd.supervision.config`, and ``trainer`` the Trainer's,
 :class:`tskd.trainer.TrainerConfig`), composed into :class:`TrainConfig`, :class:`EvalConfig`
 and (in :mod:`tskd.visualize`) the ranked-list app's schema. A value and its comment live once,
 in the YAML; a field holds the type, the check (ranges, and option sets imported from the
@@ -36,7 +37,6 @@ import tskd.resolvers  # noqa: F401  (dataset roots interpolate ${tskd.cwd:})
 from tskd.checks import (
     boolean,
     epochs_list,
-    epochs_set,
     integer,
     number,
     one_of,
@@ -63,7 +63,7 @@ from tskd.schema import (
     plain_tree,
     setting,
 )
-from tskd.supervision.modes import LABEL_SPLITS, SUPERVISION_MODES
+from tskd.supervision.config import SupervisionConfig
 from tskd.trainer import TrainerConfig
 
 __all__ = ["DataConfig", "DatasetConfig", "EvalConfig", "EvalOptions", "GMMConfig",
@@ -132,25 +132,6 @@ class OptimConfig(Schema):
     warmup_epochs: int = setting(integer(0), resume=MUST_MATCH)
     milestones: tuple[int, ...] = setting(epochs_list, resume=MUST_MATCH)
     gamma: float = setting(number(0, strict=True, high=1), resume=MUST_MATCH)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SupervisionConfig(Schema):
-    """``supervision`` (configs/supervision): which training labels the run sees."""
-
-    name: str = setting(one_of(SUPERVISION_MODES), resume=MUST_MATCH)
-    label_noise: float = setting(number(0, high=1, high_strict=True), resume=MUST_MATCH)
-    noise_seed: int = setting(integer(0), resume=MUST_MATCH)
-    noise_file: str | None = setting(optional(text), resume=MUST_MATCH)
-    robust_triplet: bool = setting(boolean, resume=MUST_MATCH)
-    label_ratio: float = setting(number(0, strict=True, high=1), resume=MUST_MATCH)
-    label_split: str = setting(one_of(LABEL_SPLITS), resume=MUST_MATCH)
-    label_seed: int = setting(integer(0), resume=MUST_MATCH)
-    pretrain_epochs: int = setting(integer(0), resume=MUST_MATCH)
-    pretrain_lr_factor: float = setting(number(0, strict=True), resume=MUST_MATCH)
-    refresh_every: int = setting(integer(1), resume=MUST_MATCH)
-    labelled_weight_one: bool = setting(boolean, resume=MUST_MATCH)
-    plot_epochs: tuple[int, ...] = setting(epochs_set, resume=MAY_DIFFER)  # diagnostics only
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,13 +25,23 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tskd.checkpoint import build_module, load_checkpoint, recorded_dataset
-from tskd.config import DatasetConfig, EvalConfig, TrainConfig, check_dataset, validate
+from tskd.config import (
+    DatasetConfig,
+    EvalConfig,
+    GMMConfig,
+    SupervisionConfig,
+    TrainConfig,
+    check_dataset,
+    validate,
+)
 from tskd.data import registry
 from tskd.data.datamodule import ReIDDataModule
 from tskd.errors import CheckpointError
 from tskd.models.components.pretrained import require_weights
 from tskd.models.epoch_passes import epoch_pass_callbacks
 from tskd.models.protocol_evaluation import ProtocolEvaluation
+from tskd.models.pseudo_label_pass import PseudoLabelPass
+from tskd.models.supervision_monitor import SupervisionMonitor
 from tskd.models.tskd_module import TSKDModule
 from tskd.results import format_table, write_metrics_json
 from tskd.schema import ABSENT, differences, to_plain
@@ -61,7 +71,8 @@ def local_devices(settings: dict) -> int:
 
 
 def build_datamodule(c, dataset: DatasetConfig | None = None, *, test_only: bool = False,
-                     devices: int = 1, **overrides) -> ReIDDataModule:
+                     devices: int = 1, supervision: SupervisionConfig | None = None,
+                     **overrides) -> ReIDDataModule:
     """The datamodule of ``dataset`` (default ``c.dataset``), ``c.data``, ``c.mode``, ``c.seed``.
 
     Args:
@@ -69,11 +80,38 @@ def build_datamodule(c, dataset: DatasetConfig | None = None, *, test_only: bool
         dataset: A resolved dataset to use instead of ``c.dataset`` (evaluation).
         test_only: Build and read only the test images.
         devices: Processes sharing this machine's CPUs (for ``data.num_workers=auto``).
+        supervision: Which training labels the passes serve (None: full).
         **overrides: Dataset keys to force (e.g. one SYSU ``trial``, ``settings``).
     """
     d = dataclasses.replace(dataset if dataset is not None else c.dataset, **overrides)
     return ReIDDataModule(d, c.data, mode=c.mode.name, seed=c.seed, devices=devices,
-                          test_only=test_only)
+                          test_only=test_only, supervision=supervision)
+
+
+def supervision_trainer_settings(settings: dict, supervision: SupervisionConfig) -> dict:
+    """Trainer settings weak supervision adds: its pre-training epochs come on top of
+    ``trainer.max_epochs`` (the main run keeps its schedule), and the training loader is rebuilt
+    every epoch so its sampler sees the new pseudo-labels and the epoch length follows the
+    labelled images. Nothing for full and noisy labels."""
+    if supervision.name != "weak":
+        return {}
+    return {"max_epochs": settings["max_epochs"] + supervision.pretrain_epochs,
+            "reload_dataloaders_every_n_epochs": 1}
+
+
+def supervision_callbacks(dm: ReIDDataModule, supervision: SupervisionConfig, confidence_pass,
+                          out: Path, gmm: GMMConfig) -> list[pl.Callback]:
+    """The pseudo-label pass and the diagnostics of a noisy or weak run (none for full).
+
+    They come after the per-epoch passes: the prototype pass replays the epoch's slots under
+    the labels they were drawn with, so new pseudo-labels are made only after it.
+    """
+    if supervision.name == "full":
+        return []
+    monitor = SupervisionMonitor(dm, out, confidence_pass,
+                                 labelled_weight_one=supervision.labelled_weight_one,
+                                 plot_epochs=supervision.plot_epochs, gmm=dataclasses.asdict(gmm))
+    return [PseudoLabelPass(dm, supervision.refresh_every), monitor]
 
 
 def write_run_info(out: Path) -> None:
@@ -208,7 +246,8 @@ def train(cfg: DictConfig) -> dict:
     pl.seed_everything(c.seed, workers=True)
     # the trainer node as composed: Lightning arguments passed through are kept
     settings = device_settings(_plain(cfg.trainer))
-    dm = build_datamodule(c, devices=local_devices(settings))
+    settings.update(supervision_trainer_settings(settings, c.supervision))
+    dm = build_datamodule(c, devices=local_devices(settings), supervision=c.supervision)
     if resumed is not None:
         check_resume_data(dm, resumed, c.ckpt)
     if _is_local_zero():
@@ -218,13 +257,17 @@ def train(cfg: DictConfig) -> dict:
         num_classes=dm.num_classes, num_visible=len(dm.visible_labels),
         num_infrared=len(dm.infrared_labels), dataset=c.dataset, model=c.model, loss=c.loss,
         optim=c.optim, eval=c.eval, channels_last=settings["channels_last"], config=_plain(cfg),
+        supervision=c.supervision,
     )
     if c.dataset.synthetic is None and not c.model.pretrained:
         log.warning("training on real data from random init (model.pretrained=false); the "
                     "paper's numbers need ImageNet weights: model.pretrained=true or a file path")
     evaluation = ProtocolEvaluation(dm.protocol, rerank=c.eval.rerank)
+    passes = epoch_pass_callbacks(dm)
     trainer = build_trainer(cfg, training=True, settings=settings,
-                            components=[*epoch_pass_callbacks(dm), evaluation])
+                            components=[*passes, *supervision_callbacks(dm, c.supervision,
+                                                                        passes[0], out, c.loss.gmm),
+                                        evaluation])
     trainer.fit(model, datamodule=dm, ckpt_path=c.ckpt, weights_only=True)
     if not c.test_after_training:
         return {}
