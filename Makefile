@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test
+.PHONY: setup demo test lint
 
 setup: $(VENV)/.installed
 
@@ -21,3 +21,7 @@ demo: setup
 
 test: setup
 	$(BIN)/pytest
+
+# The ruff of the dev extra, with pyproject.toml's [tool.ruff] settings (the whole repository).
+lint: setup
+	$(BIN)/ruff check .

@@ -49,10 +49,10 @@ import torch  # noqa: E402
 from tskd.config import (  # noqa: E402
     DataConfig,
     DatasetConfig,
+    EvalPassOptions,
     LossConfig,
     ModelConfig,
     OptimConfig,
-    TestOptions,
     yaml_values,
 )
 from tskd.data.datamodule import ReIDDataModule  # noqa: E402
@@ -118,7 +118,7 @@ def build_module(args, dm: ReIDDataModule, **loss_overrides) -> TSKDModule:
         num_infrared=len(dm.infrared_labels), dataset=_dataset(args),
         model=build(ModelConfig, model), loss=build(LossConfig, loss),
         optim=build(OptimConfig, yaml_values("train.yaml", "optim")),
-        eval=build(TestOptions, yaml_values("train.yaml", "eval")),
+        eval=build(EvalPassOptions, yaml_values("train.yaml", "eval")),
         channels_last=args.channels_last,
     )
 

@@ -102,11 +102,11 @@ def module_arguments(ckpt: dict) -> dict:
     """
     from tskd.config import (
         DatasetConfig,
+        EvalPassOptions,
         LossConfig,
         ModelConfig,
         OptimConfig,
         SupervisionConfig,
-        TestOptions,
         from_record,
         yaml_values,
     )
@@ -121,7 +121,7 @@ def module_arguments(ckpt: dict) -> dict:
         "loss": from_record(LossConfig, hp.get("loss", {}), yaml_values("loss/tskd.yaml"),
                             "loss"),
         "optim": from_record(OptimConfig, hp.get("optim", {}), train["optim"], "optim"),
-        "eval": from_record(TestOptions, hp.get("eval") or {}, train["eval"], "eval"),
+        "eval": from_record(EvalPassOptions, hp.get("eval") or {}, train["eval"], "eval"),
         "channels_last": bool(hp.get("channels_last", False)),
         "config": hp.get("config"),
         # checkpoints from before the supervision group: full labels

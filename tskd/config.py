@@ -1,6 +1,6 @@
 """The run's config schema: every key typed, checked at the door, and turned into objects.
 
-Each group is a frozen dataclass (:class:`ModelConfig`, :class:`LossConfig` with its
+Each group is a dataclass (:class:`ModelConfig`, :class:`LossConfig` with its
 :class:`GMMConfig`, :class:`OptimConfig`, :class:`SupervisionConfig`, ...; ``dataset`` and
 ``data`` are the data layer's, :mod:`tskd.data.config`, ``supervision`` its package's,
 :mod:`tskd.supervision.config`, and ``trainer`` the Trainer's,
@@ -45,7 +45,7 @@ from tskd.checks import (
     text,
     weights,
 )
-from tskd.data.config import DataConfig, DatasetConfig, SyntheticConfig, TestDataConfig
+from tskd.data.config import DataConfig, DatasetConfig, EvalDataConfig, SyntheticConfig
 from tskd.data.sysu import GALLERY_CAMS
 from tskd.errors import ConfigError
 from tskd.losses.mmd import MD_BANDWIDTHS, MD_FORMS
@@ -68,14 +68,14 @@ from tskd.trainer import TrainerConfig
 
 __all__ = ["DataConfig", "DatasetConfig", "EvalConfig", "EvalOptions", "GMMConfig",
            "LossConfig", "ModelConfig", "OptimConfig", "SupervisionConfig", "SyntheticConfig",
-           "TestDataConfig", "TestOptions", "TrainConfig", "TrainerConfig", "validate"]
+           "EvalDataConfig", "EvalPassOptions", "TrainConfig", "TrainerConfig", "validate"]
 
 log = logging.getLogger(__name__)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class ModelConfig(Schema):
     """``model`` (configs/model): the two-stream network."""
 
@@ -90,7 +90,7 @@ class ModelConfig(Schema):
     compile: bool = setting(boolean, resume=MAY_DIFFER)  # how it runs, not what it learns
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class GMMConfig(Schema):
     """``loss.gmm``: the GaussianMixture fit of the confidences."""
 
@@ -99,7 +99,7 @@ class GMMConfig(Schema):
     reg_covar: float = setting(number(0), resume=MUST_MATCH)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class LossConfig(Schema):
     """``loss`` (configs/loss): weights, schedule and the switches of each term."""
 
@@ -120,7 +120,7 @@ class LossConfig(Schema):
     gmm: GMMConfig = group()
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class OptimConfig(Schema):
     """``optim``: SGD and its step schedule with linear warm-up."""
 
@@ -134,37 +134,37 @@ class OptimConfig(Schema):
     gamma: float = setting(number(0, strict=True, high=1), resume=MUST_MATCH)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class ModeConfig(Schema):
     """``mode`` (configs/mode): SYSU-MM01's search mode (which visible cameras form the gallery)."""
 
     name: str = setting(one_of(tuple(GALLERY_CAMS)), resume=MAY_DIFFER)
 
 
-@dataclass(frozen=True, kw_only=True)
-class TestOptions(Schema):
+@dataclass(kw_only=True)
+class EvalPassOptions(Schema):
     """What the module itself needs of ``eval`` (recorded in checkpoints)."""
 
     flip: bool = setting(boolean, resume=MAY_DIFFER)
     rerank: bool = setting(boolean, resume=MAY_DIFFER)
 
 
-@dataclass(frozen=True, kw_only=True)
-class EvalOptions(TestOptions):
+@dataclass(kw_only=True)
+class EvalOptions(EvalPassOptions):
     """``eval`` of eval.yaml: the test options and the two switches of a cross-domain test."""
 
     allow_other_dataset: bool = setting(boolean, resume=MAY_DIFFER)
     allow_other_trial: bool = setting(boolean, resume=MAY_DIFFER)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class TrainEvalConfig(EvalOptions):
     """``eval`` of train.yaml: also the monitoring curve every n epochs."""
 
     every_n_epochs: int = setting(integer(0), resume=MAY_DIFFER)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class PathsConfig(Schema):
     """``paths`` (configs/paths): where data and runs go."""
 
@@ -173,7 +173,7 @@ class PathsConfig(Schema):
     output_dir: str = setting(text, resume=MAY_DIFFER)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class TrainConfig(Schema):
     """configs/train.yaml composed: what train.py runs."""
 
@@ -206,7 +206,7 @@ def _nullable(schema: type, name: str) -> type:
         if nested(hints[f.name])[0] is None:
             meta["check"] = optional(meta["check"])
         specs_.append((f.name, hints[f.name] | None, dataclasses.field(metadata=meta)))
-    made = dataclasses.make_dataclass(name, specs_, bases=(Schema,), frozen=True, kw_only=True)
+    made = dataclasses.make_dataclass(name, specs_, bases=(Schema,), kw_only=True)
     made.__module__ = __name__
     return made
 
@@ -214,7 +214,7 @@ def _nullable(schema: type, name: str) -> type:
 DatasetChoice = _nullable(DatasetConfig, "DatasetChoice")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class EvalConfig(Schema):
     """configs/eval.yaml composed: what eval.py runs (the dataset comes from the checkpoint)."""
 
@@ -224,7 +224,7 @@ class EvalConfig(Schema):
     seed: int = setting(integer(0), resume=MAY_DIFFER)
     ckpt: str = setting(text, resume=MAY_DIFFER)
     dataset: DatasetChoice = group()
-    data: TestDataConfig = group()
+    data: EvalDataConfig = group()
     eval: EvalOptions = group()
     model: ModelConfig = group()
     mode: ModeConfig = group()
@@ -233,7 +233,11 @@ class EvalConfig(Schema):
 
 
 def register(name: str, schema: type) -> None:
-    """Store ``schema`` in Hydra's ConfigStore as ``schema_<name>`` (the schema of <name>.yaml)."""
+    """Store ``schema`` in Hydra's ConfigStore as ``schema_<name>`` (the schema of <name>.yaml).
+
+    (The dataclasses are not frozen: Hydra makes a frozen one a read-only node, which no YAML
+    could be merged into.)
+    """
     ConfigStore.instance().store(name=f"schema_{name}", node=schema)
 
 

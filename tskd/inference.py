@@ -126,10 +126,10 @@ class Embedder:
         Raises:
             CheckpointError: Missing, unreadable or incompatible checkpoint.
         """
-        from tskd.config import TestOptions
+        from tskd.config import EvalPassOptions
 
         ckpt = load_checkpoint(path)
-        module = build_module(ckpt, path, eval=TestOptions(flip=bool(flip), rerank=False),
+        module = build_module(ckpt, path, eval=EvalPassOptions(flip=bool(flip), rerank=False),
                               channels_last=False)
         meta = ckpt["tskd"]
         log.info("loaded %s (%s, %s, image %s)", path, meta["dataset"], meta["backbone"],

@@ -1,6 +1,6 @@
 """The vocabulary of the config schemas: checked fields, resume rules, one walk that checks all.
 
-A schema is a frozen dataclass (a :class:`Schema`) whose fields have no default: the value and
+A schema is a dataclass (a :class:`Schema`) whose fields have no default: the value and
 its comment live once, in the YAML. What a value must be lives in the field's metadata
 (:func:`setting`): a check returning ``None`` or what the value must be, whether a resumed run
 may change it (:data:`MUST_MATCH`, :data:`MAY_DIFFER`, :data:`MATCH_IF_SPLIT`) and a hint for
@@ -77,7 +77,9 @@ class Schema:
 
 
 def _hints(schema: type) -> dict[str, Any]:
-    return typing.get_type_hints(schema)
+    """The type of each field (class-level settings such as ``WHAT`` are no keys)."""
+    hints = typing.get_type_hints(schema)
+    return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
 
 
 def nested(hint: Any) -> tuple[type | None, bool]:

@@ -87,7 +87,7 @@ def _batches(v) -> str | None:
             "trains nothing and would test an untrained network")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class TrainerConfig(Schema):
     """``trainer``: arguments of Lightning's Trainer (configs/trainer), plus ``channels_last``.
 

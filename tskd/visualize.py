@@ -67,7 +67,7 @@ def _settings() -> list[str]:
     return list(dict.fromkeys(s for n in registry.names() for s in registry.get(n).settings))
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class VisConfig(Schema):
     """``vis`` (configs/visualize.yaml): which queries, how many results, how big.
 
@@ -85,7 +85,7 @@ class VisConfig(Schema):
     seed: int = checked(integer(0), resume=MAY_DIFFER)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class VisualizeConfig(EvalConfig):
     """configs/visualize.yaml composed: eval.yaml's keys and ``vis``."""
 

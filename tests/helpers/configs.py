@@ -10,11 +10,11 @@ from __future__ import annotations
 from tskd.config import (
     DataConfig,
     DatasetConfig,
+    EvalDataConfig,
+    EvalPassOptions,
     LossConfig,
     ModelConfig,
     OptimConfig,
-    TestDataConfig,
-    TestOptions,
     yaml_values,
 )
 from tskd.schema import build
@@ -36,8 +36,8 @@ def data(**fields) -> DataConfig:
     return build(DataConfig, _merged(yaml_values("train.yaml", "data"), fields))
 
 
-def loader_data(**fields) -> TestDataConfig:
-    return build(TestDataConfig, _merged(yaml_values("eval.yaml", "data"), fields))
+def loader_data(**fields) -> EvalDataConfig:
+    return build(EvalDataConfig, _merged(yaml_values("eval.yaml", "data"), fields))
 
 
 def model(**fields) -> ModelConfig:
@@ -52,5 +52,5 @@ def optim(**fields) -> OptimConfig:
     return build(OptimConfig, _merged(yaml_values("train.yaml", "optim"), fields))
 
 
-def eval_options(**fields) -> TestOptions:
-    return build(TestOptions, _merged(yaml_values("train.yaml", "eval"), fields))
+def eval_options(**fields) -> EvalPassOptions:
+    return build(EvalPassOptions, _merged(yaml_values("train.yaml", "eval"), fields))

@@ -30,7 +30,7 @@ MAX_AUTO_WORKERS = 8  # more loader workers than this per device only add memory
 MIN_SIDE = 16  # the network downsamples by 16: a smaller side leaves no feature map
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class SyntheticConfig(Schema):
     """``dataset.synthetic``: generate the dataset at ``dataset.root`` when it is not there."""
 
@@ -38,7 +38,7 @@ class SyntheticConfig(Schema):
     seed: int = setting(integer(), resume=MUST_MATCH)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class DatasetConfig(Schema):
     """``dataset``: which data, where, at which image size, and the trial the test uses."""
 
@@ -81,8 +81,8 @@ class DatasetConfig(Schema):
         return out
 
 
-@dataclass(frozen=True, kw_only=True)
-class TestDataConfig(Schema):
+@dataclass(kw_only=True)
+class EvalDataConfig(Schema):
     """``data`` of evaluation: the loaders of the test pass."""
 
     num_workers: int | str = setting(
@@ -91,8 +91,8 @@ class TestDataConfig(Schema):
     test_batch_size: int = setting(integer(1), resume=MAY_DIFFER)
 
 
-@dataclass(frozen=True, kw_only=True)
-class DataConfig(TestDataConfig):
+@dataclass(kw_only=True)
+class DataConfig(EvalDataConfig):
     """``data`` of training: the batch (P identities x K images) and its augmentation."""
 
     num_ids: int = setting(integer(1), resume=MUST_MATCH)

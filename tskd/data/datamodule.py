@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tskd.data import registry
 from tskd.data.cache import cached_images
-from tskd.data.config import MAX_AUTO_WORKERS, DataConfig, DatasetConfig, TestDataConfig
+from tskd.data.config import MAX_AUTO_WORKERS, DataConfig, DatasetConfig, EvalDataConfig
 from tskd.data.datasets import (
     AugmentedPassSet,
     CachedImageSet,
@@ -114,7 +114,7 @@ class ReIDDataModule(pl.LightningDataModule):
             and ``synthetic`` (generate the dataset at the root when it is not there yet).
         data: ``data``: the loaders, and for training the batch (P identities x K images per
             modality) and its augmentation (docs/method.md, "Batches"); evaluation's
-            :class:`~tskd.data.config.TestDataConfig` has only the loaders' keys.
+            :class:`~tskd.data.config.EvalDataConfig` has only the loaders' keys.
         mode: ``mode.name`` (SYSU: the search mode tested when ``dataset.settings`` is null).
         seed: Seed of the identity sampler (augmentation draws derive from it).
         devices: Processes sharing this machine's CPUs (``data.num_workers=auto``).
@@ -126,7 +126,7 @@ class ReIDDataModule(pl.LightningDataModule):
             the passes serve (:mod:`tskd.supervision.labels`). None: ``full``.
     """
 
-    def __init__(self, dataset: DatasetConfig, data: TestDataConfig, *, mode: str, seed: int,
+    def __init__(self, dataset: DatasetConfig, data: EvalDataConfig, *, mode: str, seed: int,
                  devices: int = 1, test_only: bool = False,
                  supervision: SupervisionConfig | None = None) -> None:
         super().__init__()

@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from tskd.config import LossConfig, ModelConfig, OptimConfig, TestOptions
+from tskd.config import EvalPassOptions, LossConfig, ModelConfig, OptimConfig
 from tskd.data.config import DatasetConfig
 from tskd.embedding import flip_averaged
 from tskd.errors import InputError, NonFiniteLossError
@@ -91,7 +91,7 @@ class TSKDModule(pl.LightningModule):
         model: ModelConfig,
         loss: LossConfig,
         optim: OptimConfig,
-        eval: TestOptions | None = None,  # noqa: A002 - mirrors the config key
+        eval: EvalPassOptions | None = None,  # noqa: A002 - mirrors the config key
         channels_last: bool = False,
         config: dict | None = None,
         supervision: SupervisionConfig | None = None,

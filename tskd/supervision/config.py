@@ -15,7 +15,7 @@ from tskd.schema import MAY_DIFFER, MUST_MATCH, Schema, setting
 from tskd.supervision.modes import LABEL_SPLITS, SUPERVISION_MODES
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(kw_only=True)
 class SupervisionConfig(Schema):
     """``supervision``: which training labels the run sees (full, noisy or weak)."""
 
