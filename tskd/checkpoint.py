@@ -10,11 +10,15 @@ unreadable and the copy it replaced (``last.prev.ckpt``, kept by
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from tskd.errors import CheckpointError
+from tskd.schema import nested
 
 
 def _previous_copy_hint(p: Path) -> str:
@@ -91,6 +95,30 @@ def recorded_dataset(ckpt: dict) -> dict:
     return {**(yaml_values(f"dataset/{name}.yaml") if known else {}), **node}
 
 
+def _from_record(schema: type, record: Mapping, base: Mapping, key: str):
+    """The typed object of a node a checkpoint recorded.
+
+    Keys an older checkpoint lacks come from the YAML values ``base`` (where the default
+    lives), keys the schema no longer has are dropped.
+
+    Raises:
+        ConfigError: A recorded value no longer passes its check.
+    """
+    def merge(schema_: type, rec: Mapping, b: Mapping) -> dict:
+        hints, out = typing.get_type_hints(schema_), {}
+        for f in dataclasses.fields(schema_):
+            sub, _ = nested(hints[f.name])
+            if f.name in rec and sub and isinstance(rec[f.name], Mapping):
+                out[f.name] = merge(sub, rec[f.name], b.get(f.name) or {})
+            elif f.name in rec:
+                out[f.name] = rec[f.name]
+            elif f.name in b:
+                out[f.name] = b[f.name]
+        return out
+
+    return schema.of(merge(schema, record, base), key)
+
+
 def module_arguments(ckpt: dict) -> dict:
     """``TSKDModule``'s typed arguments from a checkpoint's plain hyper-parameters.
 
@@ -107,7 +135,6 @@ def module_arguments(ckpt: dict) -> dict:
         ModelConfig,
         OptimConfig,
         SupervisionConfig,
-        from_record,
         yaml_values,
     )
 
@@ -115,18 +142,18 @@ def module_arguments(ckpt: dict) -> dict:
     train = {k: yaml_values("train.yaml", k) for k in ("optim", "eval")}
     return {
         **{k: hp[k] for k in ("num_classes", "num_visible", "num_infrared")},
-        "dataset": from_record(DatasetConfig, recorded_dataset(ckpt), {}, "dataset"),
-        "model": from_record(ModelConfig, hp.get("model", {}), yaml_values("model/tskd.yaml"),
-                             "model"),
-        "loss": from_record(LossConfig, hp.get("loss", {}), yaml_values("loss/tskd.yaml"),
-                            "loss"),
-        "optim": from_record(OptimConfig, hp.get("optim", {}), train["optim"], "optim"),
-        "eval": from_record(EvalPassOptions, hp.get("eval") or {}, train["eval"], "eval"),
+        "dataset": _from_record(DatasetConfig, recorded_dataset(ckpt), {}, "dataset"),
+        "model": _from_record(ModelConfig, hp.get("model", {}),
+                              yaml_values("model/tskd.yaml"), "model"),
+        "loss": _from_record(LossConfig, hp.get("loss", {}), yaml_values("loss/tskd.yaml"),
+                             "loss"),
+        "optim": _from_record(OptimConfig, hp.get("optim", {}), train["optim"], "optim"),
+        "eval": _from_record(EvalPassOptions, hp.get("eval") or {}, train["eval"], "eval"),
         "channels_last": bool(hp.get("channels_last", False)),
         "config": hp.get("config"),
         # checkpoints from before the supervision group: full labels
-        "supervision": (from_record(SupervisionConfig, hp["supervision"],
-                                    yaml_values("supervision/full.yaml"), "supervision")
+        "supervision": (_from_record(SupervisionConfig, hp["supervision"],
+                                     yaml_values("supervision/full.yaml"), "supervision")
                         if hp.get("supervision") else None),
     }
 
@@ -139,8 +166,6 @@ def build_module(ckpt: dict, path: str | Path = "<checkpoint>", **overrides):
         path: Its file, for messages.
         **overrides: Constructor arguments to replace (e.g. ``eval=cfg.eval``).
     """
-    import dataclasses
-
     from tskd.errors import ConfigError
     from tskd.models.tskd_module import TSKDModule  # heavy import only when needed
 

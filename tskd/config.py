@@ -66,9 +66,10 @@ from tskd.schema import (
 from tskd.supervision.config import SupervisionConfig
 from tskd.trainer import TrainerConfig
 
-__all__ = ["DataConfig", "DatasetConfig", "EvalConfig", "EvalOptions", "GMMConfig",
-           "LossConfig", "ModelConfig", "OptimConfig", "SupervisionConfig", "SyntheticConfig",
-           "EvalDataConfig", "EvalPassOptions", "TrainConfig", "TrainerConfig", "validate"]
+__all__ = ["DataConfig", "DatasetConfig", "EvalConfig", "EvalDataConfig", "EvalOptions",
+           "EvalPassOptions", "GMMConfig", "LossConfig", "ModelConfig", "OptimConfig",
+           "SupervisionConfig", "SyntheticConfig", "TrainConfig", "TrainerConfig", "check_dataset",
+           "validate", "yaml_values"]
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ def validate(cfg: DictConfig | Mapping, schema: type = TrainConfig):
     tree = plain_tree(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
     problems, warnings = check_tree(schema, tree)
     if problems:
-        raise ConfigError(f"invalid {schema.WHAT} config, nothing was run: "
+        raise ConfigError(f"invalid {schema.WHAT or 'run'} config, nothing was run: "
                           + "; ".join(problems) + ".")
     for message in warnings:
         log.warning(message)
@@ -267,11 +268,8 @@ def validate(cfg: DictConfig | Mapping, schema: type = TrainConfig):
 
 def check_dataset(node: Mapping) -> DatasetConfig:
     """A resolved dataset node (evaluation: the checkpoint's, with the command line's keys)."""
-    tree = plain_tree(node) if isinstance(node, DictConfig) else dict(node)
-    problems, _ = check_tree(DatasetConfig, tree, "dataset")
-    if problems:
-        raise ConfigError("invalid dataset config, nothing was run: " + "; ".join(problems) + ".")
-    return build(DatasetConfig, tree)
+    return DatasetConfig.of(plain_tree(node) if isinstance(node, DictConfig) else dict(node),
+                            "dataset")
 
 
 def warn_suspicious(c: TrainConfig) -> None:
@@ -301,27 +299,3 @@ def yaml_values(path: str, node: str | None = None) -> dict:
     tree = tree[node] if node else tree
     tree.pop("defaults", None)
     return {k: v for k, v in tree.items() if not (isinstance(v, str) and "${" in v)}
-
-
-def from_record(schema: type, record: Mapping, base: Mapping, key: str):
-    """The typed object of a node a checkpoint recorded.
-
-    Keys an older checkpoint lacks come from the YAML values ``base`` (where the default
-    lives), keys the schema no longer has are dropped.
-
-    Raises:
-        ConfigError: A recorded value no longer passes its check.
-    """
-    def merge(schema_: type, rec: Mapping, b: Mapping) -> dict:
-        hints, out = typing.get_type_hints(schema_), {}
-        for f in dataclasses.fields(schema_):
-            sub, _ = nested(hints[f.name])
-            if f.name in rec and sub and isinstance(rec[f.name], Mapping):
-                out[f.name] = merge(sub, rec[f.name], b.get(f.name) or {})
-            elif f.name in rec:
-                out[f.name] = rec[f.name]
-            elif f.name in b:
-                out[f.name] = b[f.name]
-        return out
-
-    return schema.of(merge(schema, record, base), key)

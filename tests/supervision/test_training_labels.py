@@ -8,6 +8,8 @@ import pytest
 from tskd.data.samplers import CrossModalityIdentitySampler
 from tskd.errors import CheckpointError, DatasetError
 from tskd.models.schedule import lr_factor, stage
+from tskd.schema import build
+from tskd.supervision.config import SupervisionConfig
 from tskd.supervision.label_files import write_noise_files
 from tskd.supervision.labels import UNLABELLED, training_labels
 from tskd.supervision.noise import draw_noise
@@ -22,7 +24,7 @@ def sup(name="full", **kw):
             "robust_triplet": False, "label_ratio": 1.0, "label_split": "per_identity",
             "label_seed": 0, "pretrain_epochs": 0, "pretrain_lr_factor": 0.01,
             "refresh_every": 1, "labelled_weight_one": False, "plot_epochs": []}
-    return {**base, **kw}
+    return build(SupervisionConfig, {**base, **kw})  # typed, unchecked: bad values reach the code
 
 
 def labels_for(s, tmp_path, **kw):
