@@ -32,7 +32,7 @@ from tskd.models.components.pretrained import require_weights
 from tskd.models.epoch_passes import epoch_pass_callbacks
 from tskd.models.protocol_evaluation import ProtocolEvaluation
 from tskd.models.tskd_module import TSKDModule
-from tskd.results import format_table, write_metrics_json
+from tskd.results import describe_test_data, format_table, write_metrics_json
 from tskd.trainer import build_trainer, device_settings
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,12 @@ def _report(cfg: DictConfig, trainer: pl.Trainer, summaries: list[dict], out: Pa
     options = {"flip": bool(cfg.eval.flip), "rerank": bool(cfg.eval.rerank)}
     if not trainer.is_global_zero:
         return {}
-    # provenance: which model and inputs produced the numbers (issue 11)
+    # provenance: which model and inputs produced the numbers (issue 11), and on which test
+    # lists (issue 20: counts, identities, hash)
+    test_data = describe_test_data(dm.protocol, dm.root)
     result = write_metrics_json(out / "metrics.json", summaries, dm.settings[0], options,
-                                extra=provenance)
-    print(format_table(summaries, options))  # the entry point's output, rank 0 only
+                                extra={**provenance, "test_data": test_data})
+    print(format_table(summaries, options, test_data))  # the entry point's output, rank 0 only
     return result
 
 
