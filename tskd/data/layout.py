@@ -62,3 +62,22 @@ def sorted_images(folder: str, dataset: str) -> list[str]:
         )
     # Joining onto the sorted names equals sorting the joined paths (shared prefix).
     return [os.path.join(folder, name) for name in names]
+
+
+def require_utf8_name(path: str) -> None:
+    """Refuse a file name that is not UTF-8 (Python holds its bytes as lone surrogates).
+
+    Such a name cannot be written to a manifest, a JSON index or a log line, and every later
+    step would fail on it; one message up front names it instead.
+
+    Raises:
+        DatasetError: Naming the file's raw bytes and the fix.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasetError(
+            f"image file name {os.fsencode(path)!r} is not valid UTF-8 (it was written by a "
+            "system using another encoding, e.g. Latin-1); rename it to a UTF-8 name (e.g. "
+            "`convmv -f latin1 -t utf8 --notest -r <folder>`), then run again."
+        ) from None
