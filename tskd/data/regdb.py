@@ -293,4 +293,5 @@ PROTOCOL = DatasetProtocol(
     test_records=_test_records,
     searches=_searches,
     shared_cache_paths=listed_paths,  # the ten splits of a sweep share one cache
+    noise_keeps_every_identity=True,  # DART's RegDB rule: ten images per identity and modality
 )
