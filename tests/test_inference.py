@@ -212,3 +212,22 @@ def test_overwrite_keeps_the_pair_consistent_across_a_failure(tiny, tmp_path, mo
     assert main(args) == 0
     feats, listed = np.load(out), json.loads(index.read_text())
     assert len(listed["files"]) == len(feats) > 0
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop"])
+def test_embed_folder_with_a_broken_link_names_it(tiny, tmp_path, kind):
+    _, root = tiny
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(next((root / "cam3").rglob("*.jpg")).read_bytes())
+    if kind == "dangling":
+        os.symlink(tmp_path / "moved" / "b.jpg", folder / "b.jpg")
+        expected = f"points to {tmp_path / 'moved' / 'b.jpg'}, which does not exist"
+    else:
+        os.symlink("c.jpg", folder / "b.jpg")
+        os.symlink("b.jpg", folder / "c.jpg")
+        expected = "is a symbolic link loop"
+    with pytest.raises(InputError) as err:
+        list_images(folder)
+    assert str(folder / "b.jpg") in str(err.value) and expected in str(err.value)
+    assert "remove the link" in str(err.value)

@@ -25,9 +25,10 @@ from PIL import Image
 
 from tskd.checkpoint import build_module, load_checkpoint
 from tskd.data.cache import load_image, to_rgb
+from tskd.data.layout import broken_link, require_utf8_name
 from tskd.data.protocol import INFRARED, MODALITY_NAMES, VISIBLE
 from tskd.data.transforms import normalize_batch
-from tskd.errors import CheckpointError, InputError
+from tskd.errors import CheckpointError, DatasetError, InputError
 from tskd.finite import nonfinite_message
 
 log = logging.getLogger(__name__)
@@ -208,13 +209,26 @@ def list_images(folder: str | os.PathLike,
     """Image files under ``folder`` (recursive), sorted by their path relative to it.
 
     Raises:
-        InputError: ``folder`` is not a directory or holds no image.
+        InputError: ``folder`` is not a directory or holds no image, or an image name is a
+            symbolic link to nothing (or a loop), or not UTF-8.
     """
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"{root} is not a folder; pass the folder holding the images.")
     exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
-    files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts]
+    files = []
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() not in exts:
+            continue
+        if not p.is_file():
+            if p.is_symlink():  # a link to nothing or a loop: an image would silently be missing
+                raise InputError(broken_link(str(p), "image"))
+            continue
+        try:
+            require_utf8_name(str(p))
+        except DatasetError as err:
+            raise InputError(str(err)) from None
+        files.append(p)
     if not files:
         raise InputError(
             f"no images ({', '.join(sorted(exts))}) found in {root} or its subfolders; check the "
