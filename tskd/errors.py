@@ -37,3 +37,8 @@ class OutputError(TSKDError, OSError):
 
 class OutputExistsError(OutputError, FileExistsError):
     """An output file exists and replacing it was not asked for (``--overwrite``)."""
+
+
+class CheckpointSaveError(CheckpointError, OSError):
+    """A checkpoint could not be written (a full disk, a quota); the message names the file
+    still intact and the fix. Still an OSError, as the failed write was."""

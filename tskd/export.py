@@ -142,7 +142,12 @@ def export_onnx(ckpt_path: str | Path, out_dir: str | Path, opset: int = 17,
     why = folder_problem(out)
     if why is not None:
         raise OutputError(f"cannot write the ONNX files into {out} ({why}); choose another --out.")
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".tskd-export-"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out, prefix=".tskd-export-"))
+    except OSError as err:
+        raise OutputError(f"cannot write the ONNX files into {out} ({err}); choose another "
+                          "--out.") from err
     try:
         for modality, mod_name in MODALITY_NAMES.items():
             _export_one(onnx, ModalityNet(net, modality), staging / paths[mod_name].name,

@@ -130,21 +130,27 @@ def refuse_existing(paths: Sequence[Path], how: str) -> None:
 
 
 def folder_problem(folder: str | Path) -> str | None:
-    """Why no file can be written in ``folder`` (created when missing), or None when one can.
+    """Why no file can be written in ``folder``, or None when one can; nothing is left behind.
 
-    A file is created and removed to find out: permissions alone do not tell (root, ACLs,
-    read-only mounts).
+    A file (or, for a folder still to be made, a folder in its nearest existing parent) is
+    created and removed to find out: permissions alone do not tell (root, ACLs, read-only
+    mounts).
     """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        return "it is a file, not a folder"
+    base = folder
+    while not base.exists() and base.parent != base:  # the nearest part that exists
+        base = base.parent
+    if not base.is_dir():
+        return "it is a file, not a folder" if base == folder else f"{base} is a file"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tskd-write-test-")
-        os.close(fd)
-        os.unlink(probe)
+        if base == folder:
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".tskd-write-test-")
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=base, prefix=".tskd-write-test-"))
     except OSError as err:
-        return err.strerror or str(err)
+        return f"{base}: {err.strerror or err}"
     return None
 
 

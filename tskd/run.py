@@ -23,11 +23,12 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tskd.checkpoint import build_module, load_checkpoint
+from tskd.checkpoint import build_module, load_checkpoint, require_contents
 from tskd.config_check import check_dataset, check_eval_config, check_train_config
 from tskd.data import registry
 from tskd.data.datamodule import ReIDDataModule, resolve_num_workers
 from tskd.errors import CheckpointError
+from tskd.files import check_output_folders
 from tskd.models.components.pretrained import require_weights
 from tskd.models.epoch_passes import epoch_pass_callbacks
 from tskd.models.protocol_evaluation import ProtocolEvaluation
@@ -284,6 +285,7 @@ def train(cfg: DictConfig) -> dict:
     hand (a run without network access stops in seconds, not after the caches are built).
     """
     check_train_config(cfg)
+    check_output_folders(cfg)  # a run must not train an epoch and then fail to save it
     resumed = load_checkpoint(cfg.ckpt) if cfg.ckpt else None
     if resumed is not None:
         check_resume(cfg, resumed, cfg.ckpt)
@@ -374,7 +376,7 @@ def eval_dataset(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None
             callers may omit it, non-null ``dataset.*`` values count as given.
     """
     overrides = list(overrides or [])
-    meta = ckpt["tskd"]
+    meta = require_contents(ckpt, cfg.ckpt)
     if overridden(overrides, "model.backbone") and cfg.model.backbone != meta["backbone"]:
         raise CheckpointError(
             f"checkpoint {cfg.ckpt} holds a {meta['backbone']} but model.backbone="
