@@ -14,6 +14,7 @@ import torch
 from onnx import numpy_helper
 from tiny_model import IMG_SIZE, make_non_finite_checkpoint
 
+from tskd import export
 from tskd.data.transforms import normalize_batch
 from tskd.errors import CheckpointError
 from tskd.export import check_onnx, export_onnx, main
@@ -91,7 +92,7 @@ def test_missing_onnx_says_how_to_install(exported, tmp_path, monkeypatch, capsy
     assert not list(tmp_path.glob("*.onnx"))
 
 
-def test_check_fails_loudly_for_a_non_finite_model(exported, tmp_path, capsys):
+def test_check_fails_loudly_for_a_non_finite_model(exported, tmp_path, capsys, monkeypatch):
     """An all-NaN model is never "max |onnxruntime - torch| = 0.00e+00" with exit 0."""
     ckpt, _, files = exported
     bad = make_non_finite_checkpoint(ckpt, tmp_path / "diverged.ckpt")
@@ -112,6 +113,11 @@ def test_check_fails_loudly_for_a_non_finite_model(exported, tmp_path, capsys):
     poisoned = tmp_path / "poisoned.onnx"
     onnx.save(model, str(poisoned))
     assert check_onnx(poisoned, ckpt, "visible") == math.inf
+    # such a difference fails tskd.export --check loudly, exit 2
+    monkeypatch.setattr(export, "check_onnx", lambda *a, **k: math.inf)
+    assert main([str(ckpt), "--out", str(tmp_path / "o2"), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "fails the check (its output holds NaN/Inf): max |onnxruntime - torch| = inf" in err
 
 
 def test_export_never_clobbers_and_writes_via_temporaries(exported, tmp_path, capsys,

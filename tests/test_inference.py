@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -168,6 +169,14 @@ def test_non_finite_features_are_refused_naming_the_checkpoint(tiny, tmp_path, c
     msg = capsys.readouterr().err
     assert f"checkpoint {bad} holds NaN/Inf" in msg and "Nothing was written" in msg
     assert sorted(p.name for p in tmp_path.iterdir()) == ["diverged.ckpt"]
+    # a run's last.ckpt with the copy it replaced beside it: the message names that copy
+    run = tmp_path / "checkpoints"
+    run.mkdir()
+    bad.rename(run / "last.ckpt")
+    shutil.copyfile(ckpt, run / "last.prev.ckpt")
+    with pytest.raises(CheckpointError) as err:
+        Embedder.from_checkpoint(run / "last.ckpt").embed(files, "infrared")
+    assert f"use the copy it replaced, {run / 'last.prev.ckpt'}" in str(err.value)
 
 
 def test_embed_out_naming_a_folder_writes_inside_it(tiny, tmp_path):
