@@ -69,6 +69,22 @@ class PseudoLabelSource(Protocol):
         ...
 
 
+def require_same_on_ranks(trainer: pl.Trainer | None, name: str, values: np.ndarray) -> None:
+    """Refuse to go on when DDP ranks hold different ``values`` (labels every rank must share).
+
+    Raises:
+        RuntimeError: Naming ``name``; a different draw on one rank would train it on other
+            labels without any other symptom.
+    """
+    if trainer is None or trainer.world_size == 1:
+        return
+    local = torch.as_tensor(np.asarray(values), device=trainer.strategy.root_device)
+    gathered = trainer.strategy.all_gather(local)  # (world, N)
+    if not torch.equal(gathered.amin(0), gathered.amax(0)):
+        raise RuntimeError(f"DDP ranks hold different {name}; every rank must train on the same "
+                           "labels. Please report this with your trainer and supervision config.")
+
+
 def refresh_due(next_epoch: int, pretrain_epochs: int, refresh_every: int) -> bool:
     """Whether the labels of ``next_epoch`` are new pseudo-labels (the first main epoch, then
     every ``refresh_every`` epochs)."""
@@ -111,6 +127,8 @@ class PseudoLabelPass(pl.Callback):
         context = trainer.precision_plugin.forward_context
         shifted = predict_labels(module.net, loaders, sizes, context)
         full = {m: (sum_over_ranks(trainer, t) - 1).cpu().numpy() for m, t in shifted.items()}
+        for m, name in ((VISIBLE, "visible"), (INFRARED, "infrared")):
+            require_same_on_ranks(trainer, f"{name} pseudo-labels", full[m])
         self.source.set_pseudo_labels(full[VISIBLE], full[INFRARED], epoch)
         seconds = time.perf_counter() - start
         log.info("epoch %d: pseudo-label pass %.1f s", epoch, seconds)

@@ -30,6 +30,7 @@ import torch
 
 from tskd.losses.confidence import fit_loss_mixture, fit_visible_mixture
 from tskd.models.epoch_passes import CE_ONLY_STAGES, ConfidencePass
+from tskd.models.pseudo_label_pass import require_same_on_ranks
 from tskd.supervision.diagnostics import noise_diagnostics, weak_diagnostics
 from tskd.supervision.label_files import (
     write_noise_files,
@@ -73,9 +74,12 @@ class SupervisionMonitor(pl.Callback):
 
     # --------------------------------------------------------------------------- files
     def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        labels, folder = self.labels, self.out_dir / "supervision"
+        # every rank drew (or read) the labels itself: they must be the same draw and split
+        require_same_on_ranks(trainer, "visible training labels", labels.visible)
+        require_same_on_ranks(trainer, "infrared training labels", labels.infrared)
         if trainer.global_rank != 0:
             return
-        labels, folder = self.labels, self.out_dir / "supervision"
         truth = labels.truth
         if labels.mode == "noisy":
             written = write_noise_files(labels.noise, truth.visible, truth.infrared,
