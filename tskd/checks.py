@@ -31,8 +31,10 @@ def number(low: float | None = None, *, strict: bool = False, high: float | None
     want = ("a number " + " and ".join(x for x in (lo, hi) if x)).strip()
 
     def check(v):
-        if not is_number(v) or not math.isfinite(v):  # nan and inf are no settings
+        if not is_number(v):
             return want
+        if not math.isfinite(v):  # nan and inf are no settings
+            return want.replace("a number", "a finite number", 1)
         if low is not None and (v <= low if strict else v < low):
             return want
         if high is not None and (v >= high if high_strict else v > high):

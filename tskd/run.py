@@ -24,7 +24,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tskd.checkpoint import build_module, load_checkpoint, recorded_dataset
+from tskd.checkpoint import build_module, load_checkpoint, recorded_dataset, require_contents
 from tskd.config import (
     DatasetConfig,
     EvalConfig,
@@ -37,13 +37,14 @@ from tskd.config import (
 from tskd.data import registry
 from tskd.data.datamodule import ReIDDataModule
 from tskd.errors import CheckpointError
+from tskd.files import check_output_folders
 from tskd.models.components.pretrained import require_weights
 from tskd.models.epoch_passes import epoch_pass_callbacks
 from tskd.models.protocol_evaluation import ProtocolEvaluation
 from tskd.models.pseudo_label_pass import PseudoLabelPass
 from tskd.models.supervision_monitor import SupervisionMonitor
 from tskd.models.tskd_module import TSKDModule
-from tskd.results import format_table, write_metrics_json
+from tskd.results import describe_test_data, format_table, write_metrics_json
 from tskd.schema import ABSENT, differences, to_plain
 from tskd.trainer import build_trainer, device_settings
 
@@ -144,10 +145,12 @@ def _report(cfg, trainer: pl.Trainer, summaries: list[dict], out: Path,
     options = {"flip": bool(cfg.eval.flip), "rerank": bool(cfg.eval.rerank)}
     if not trainer.is_global_zero:
         return {}
-    # provenance: which model and inputs produced the numbers (issue 11)
+    # provenance: which model and inputs produced the numbers (issue 11), and on which test
+    # lists (issue 20: counts, identities, hash)
+    test_data = describe_test_data(dm.protocol, dm.root)
     result = write_metrics_json(out / "metrics.json", summaries, dm.settings[0], options,
-                                extra=provenance)
-    print(format_table(summaries, options))  # the entry point's output, rank 0 only
+                                extra={**provenance, "test_data": test_data})
+    print(format_table(summaries, options, test_data))  # the entry point's output, rank 0 only
     return result
 
 
@@ -235,6 +238,7 @@ def train(cfg: DictConfig) -> dict:
     seconds, not after the caches are built).
     """
     c = validate(cfg, TrainConfig)
+    check_output_folders(cfg)  # a run must not train an epoch and then fail to save it
     resumed = load_checkpoint(c.ckpt) if c.ckpt else None
     if resumed is not None:
         check_resume(cfg, resumed, c.ckpt)
@@ -310,7 +314,7 @@ def eval_dataset(cfg, ckpt: dict, overrides: list[str] | None = None) -> Dataset
     if isinstance(cfg, DictConfig):
         cfg = validate(cfg, EvalConfig)
     overrides = list(overrides or [])
-    meta = ckpt["tskd"]
+    meta = require_contents(ckpt, cfg.ckpt)
     if overridden(overrides, "model.backbone") and cfg.model.backbone != meta["backbone"]:
         raise CheckpointError(
             f"checkpoint {cfg.ckpt} holds a {meta['backbone']} but model.backbone="

@@ -30,11 +30,12 @@ import numpy as np
 from omegaconf import DictConfig
 from PIL import Image, ImageDraw, ImageFont
 
-from tskd.checks import either, integer, number, one_of, optional, text
+from tskd.checks import either, integer, number, one_of, optional
 from tskd.config import EvalConfig, register, validate
 from tskd.data import registry
 from tskd.data.protocol import INFRARED, MODALITY_NAMES, VISIBLE, DatasetProtocol
 from tskd.errors import ConfigError, DatasetError
+from tskd.files import folder_problem
 from tskd.inference import FEATURES
 from tskd.metrics.functional import per_query, ranked_order, removed_mask
 from tskd.schema import MAY_DIFFER, Schema, group
@@ -62,6 +63,14 @@ def _indices(v) -> str | None:
     return None if ok else "a list of protocol indices such as [0,12,40]"
 
 
+def _writable_folder(v) -> str | None:
+    """``vis.out_dir``: a folder the pictures can be written to (or made in)."""
+    if not isinstance(v, str) or not v:
+        return "a folder you can write"
+    why = folder_problem(v)
+    return None if why is None else f"a folder you can write ({why})"
+
+
 def _settings() -> list[str]:
     """Every setting of every registered dataset (the checkpoint's is known only later)."""
     return list(dict.fromkeys(s for n in registry.names() for s in registry.get(n).settings))
@@ -81,7 +90,7 @@ class VisConfig(Schema):
     setting: str | None = checked(optional(one_of(_settings)), resume=MAY_DIFFER)
     feature: str = checked(one_of(FEATURES), resume=MAY_DIFFER)
     scale: float = checked(number(0, strict=True), resume=MAY_DIFFER)
-    out_dir: str | None = checked(optional(text), resume=MAY_DIFFER)
+    out_dir: str | None = checked(optional(_writable_folder), resume=MAY_DIFFER)
     seed: int = checked(integer(0), resume=MAY_DIFFER)
 
 
