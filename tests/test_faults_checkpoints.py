@@ -84,7 +84,7 @@ def test_checkpoint_lacking_what_the_tools_read(tiny, tmp_path, capsys, key):
     assert export_main([str(bad), "--out", str(tmp_path / "onnx")]) == 1
     assert f"lacks {key!r}" in capsys.readouterr().err
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("eval", overrides=[f"ckpt={bad}"])
+        cfg = compose("eval", overrides=[f"ckpt={bad}", f"paths.output_dir={tmp_path}"])
     with pytest.raises(CheckpointError, match=f"lacks {key!r}"):
         eval_dataset(cfg, load_checkpoint(bad), [])
 
