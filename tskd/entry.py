@@ -108,11 +108,13 @@ def guarded(main: Callable[[], Any]) -> int:
 
 @contextlib.contextmanager
 def record_failure(run_dir: str | Path) -> Iterator[None]:
-    """Write ``status.json`` if the body raises, then re-raise.
+    """Write ``status.json``: how the body ended; an exception is re-raised.
 
     ``{"status": "interrupted", "signal": "SIGTERM", ...}`` when a signal stopped the run (see
-    :func:`interruption`), ``{"status": "failed", "error": ...}`` for anything else. A sweep
-    summary reads it to report the run as such instead of dropping it.
+    :func:`interruption`), ``{"status": "failed", "error": ...}`` for anything else, and
+    ``{"status": "completed"}`` when the body returns. A sweep summary reads it to report the
+    run as such instead of dropping it, and to tell a run that finished without a test
+    (``test_after_training=false``: no metrics.json) from one that never finished.
     """
     try:
         yield
@@ -129,3 +131,4 @@ def record_failure(run_dir: str | Path) -> Iterator[None]:
         status["traceback"] = traceback.format_exc()[-20000:]
         write_json_atomic(out / "status.json", status)  # two DDP ranks may both record
         raise
+    write_json_atomic(Path(run_dir) / "status.json", {"status": "completed"})
