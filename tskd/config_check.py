@@ -24,6 +24,7 @@ import tskd.resolvers  # noqa: F401  (dataset roots interpolate ${tskd.cwd:})
 from tskd.data import registry
 from tskd.data.datamodule import MAX_AUTO_WORKERS
 from tskd.errors import ConfigError, DatasetError
+from tskd.resolvers import literal_config
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ def check_dataset(cfg: DictConfig, dataset: DictConfig | None = None) -> None:
     d = dataset if dataset is not None else cfg.dataset
     # resolved while still attached: its root interpolates ${paths.data_dir}
     plain = OmegaConf.to_container(d, resolve=True) if isinstance(d, DictConfig) else dict(d)
-    node = OmegaConf.create({"dataset": plain})
+    node = literal_config({"dataset": plain})  # resolved or recorded: strings are data
     problems = _problems(node, DATASET_KEYS)
     d = node.dataset
     if not problems:  # the dataset's own trial range and settings

@@ -27,11 +27,12 @@ from tskd.checkpoint import build_module, load_checkpoint
 from tskd.config_check import check_dataset, check_eval_config, check_train_config
 from tskd.data import registry
 from tskd.data.datamodule import ReIDDataModule, resolve_num_workers
-from tskd.errors import CheckpointError
+from tskd.errors import CheckpointError, DatasetError
 from tskd.models.components.pretrained import require_weights
 from tskd.models.epoch_passes import epoch_pass_callbacks
 from tskd.models.protocol_evaluation import ProtocolEvaluation
 from tskd.models.tskd_module import TSKDModule
+from tskd.resolvers import literal_config
 from tskd.results import format_table, write_metrics_json
 from tskd.trainer import build_trainer, device_settings
 
@@ -76,7 +77,8 @@ def build_datamodule(cfg: DictConfig, dataset: DictConfig | dict | None = None, 
         devices: Processes sharing this machine's CPUs (for ``data.num_workers=auto``).
         **overrides: Datamodule arguments to force.
     """
-    d = OmegaConf.create(_plain(dataset if dataset is not None else cfg.dataset))
+    # resolved already (or a checkpoint's record): its strings are data, never interpolations
+    d = literal_config(_plain(dataset if dataset is not None else cfg.dataset))
     data = cfg.data
     kw = dict(
         name=d.name, root=d.root, img_h=d.img_h, img_w=d.img_w, trial=d.trial,
@@ -294,6 +296,7 @@ def train(cfg: DictConfig) -> dict:
                     "img_size": list(dm.size), "data_root": str(Path(dm.root).resolve())})
 
 
+
 # ----------------------------------------------------------------------------- evaluate
 def overridden(overrides: list[str], key: str) -> bool:
     """Whether the command line set ``key`` (``key=...``, ``+key=...``)."""
@@ -373,6 +376,8 @@ def eval_dataset(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None
                 f"split {d['trial']} uses identities it was trained on. Use dataset.trial="
                 f"{meta['trial']} (or eval.allow_other_trial=true to do it anyway)."
             )
+    if source == "the checkpoint" and "root" not in explicit:
+        _recorded_root_only(d, cfg.ckpt)
     h, w = meta["img_size"]
     d["img_h"] = d["img_h"] if "img_h" in explicit else h
     d["img_w"] = d["img_w"] if "img_w" in explicit else w
@@ -380,6 +385,22 @@ def eval_dataset(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None
     log.info("evaluating on %s at %s (%s), %dx%d, trial %s", d["name"], d["root"], source,
              d["img_h"], d["img_w"], d["trial"])
     return d
+
+
+def _recorded_root_only(d: dict, ckpt_path: str) -> None:
+    """A root read from a checkpoint is where the data is, or an error; never generated there.
+
+    The checkpoint's record is a literal path (see :func:`tskd.resolvers.literal_config`) and
+    may come from another machine or another hand; a synthetic set is generated only where the
+    command line's ``dataset.root`` (or ``dataset=...``) says.
+    """
+    d["synthetic"] = None
+    if not Path(str(d["root"])).is_dir():
+        raise DatasetError(
+            f"dataset.root={d['root']!r}, recorded in checkpoint {ckpt_path}, is not a folder "
+            "here; pass dataset.root=<the data's folder> (eval generates no data at a root "
+            "read from a checkpoint)."
+        )
 
 
 def resolve_test_datamodule(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None,
