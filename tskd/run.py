@@ -290,11 +290,22 @@ def train(cfg: DictConfig) -> dict:
     if not cfg.test_after_training:
         return {}
     trainer.test(model, datamodule=dm, verbose=False)
-    last = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
     return _report(cfg, trainer, evaluation.result(), out, dm,
-                   {"checkpoint": str(Path(last).resolve()) if last else None,
+                   {"checkpoint": _tested_checkpoint(trainer, cfg.ckpt, resumed),
                     "img_size": list(dm.size), "data_root": str(Path(dm.root).resolve())})
 
+
+def _tested_checkpoint(trainer: pl.Trainer, ckpt: str | None, resumed: dict | None) -> str | None:
+    """The file that holds the weights the test used.
+
+    This run's last save; but a resume that trained no step (``trainer.max_epochs`` reached
+    already) saved nothing and tested the file it resumed from, while the checkpoint callback
+    still names the original run's ``last.ckpt`` (restored from the checkpoint).
+    """
+    if resumed is not None and trainer.global_step == resumed.get("global_step"):
+        return str(Path(ckpt).resolve())
+    last = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+    return str(Path(last).resolve()) if last else None
 
 
 # ----------------------------------------------------------------------------- evaluate
