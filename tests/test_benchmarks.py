@@ -31,3 +31,11 @@ def test_gpu_check_dry_run_writes_its_report(tmp_path):
                  "prototype pass", "test pass, 10 trials", "predicted 80-epoch run"):
         assert part in dry["table"]
     assert "written to" in proc.stdout
+
+
+def test_cache_hash_benchmark_prints_its_ratio():
+    proc = run_entry("benchmarks/cache_hash.py", ["--images", "6", "--repeats", "1"])
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("6 images, array")
+    ratio = [line for line in lines if line.startswith("ratio build / open check: ")]
+    assert len(ratio) == 1 and float(ratio[0].rsplit(" ", 1)[1].rstrip("x")) > 0

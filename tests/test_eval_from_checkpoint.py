@@ -92,6 +92,58 @@ def test_eval_uses_the_checkpoint_dataset_and_caches_only_the_test_images(sysu_c
     assert caches(root) == ["sysu_test_64x32.npy"]  # no training caches
 
 
+def _files(root: Path, cams, pids) -> list[list[Path]]:
+    """The image files of each (id, camera) folder that exists, ids then cameras in order."""
+    folders = [root / f"cam{c}" / f"{p:04d}" for p in pids for c in cams]
+    return [sorted(f.glob("*.jpg")) for f in folders if f.is_dir()]
+
+
+def test_metrics_say_what_they_were_measured_on(sysu_ckpt, tmp_path, capsys):
+    """Cutting test_id.txt after training changes the recorded lists and the table's header,
+    and a sweep summary refuses to average the two results; moved data keeps its hash."""
+    from tskd.report import main as report_main
+    from tskd.report import summarize_sweep
+
+    ckpt, root = sysu_ckpt
+    full = evaluate(ckpt, tmp_path / "full", "mode=all")
+    copy = tmp_path / "SYSU-copy"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("tskd_cache"))
+    moved = evaluate(ckpt, tmp_path / "moved", "mode=all", f"dataset.root={copy}")
+    assert moved["test_data"] == full["test_data"]  # the same lists, at another place
+    id_file = copy / "exp" / "test_id.txt"
+    ids = [int(t) for t in id_file.read_text().replace(",", " ").split()]
+    id_file.write_text(",".join(map(str, ids[:3])))
+    capsys.readouterr()
+    cut = evaluate(ckpt, tmp_path / "cut", "mode=all", f"dataset.root={copy}")
+    table = capsys.readouterr().out
+    # hand count from the files: queries are cam3/cam6, the all-search gallery one image per
+    # (id, camera) of cams 1, 2, 4, 5, and the test list both (every gallery candidate)
+    queries, candidates = _files(copy, (3, 6), ids[:3]), _files(copy, (1, 2, 4, 5), ids[:3])
+    q, g = sum(map(len, queries)), len(candidates)
+    data = cut["test_data"]
+    assert (data["images"], data["identities"]) == (q + sum(map(len, candidates)), 3)
+    assert data["settings"] == {"all": {"queries": q, "query_ids": 3, "gallery": g,
+                                        "gallery_ids": 3}}
+    assert data["split"] is None and len(data["lists_sha256"]) == 64
+    assert data["lists_sha256"] != full["test_data"]["lists_sha256"]
+    assert full["test_data"]["identities"] == len(ids) > 3
+    lines = table.splitlines()
+    at = lines.index(next(line for line in lines if line.startswith("sysu test, 10 trial(s)")))
+    assert lines[at + 1] == (f"test lists {data['lists_sha256'][:12]}: {data['images']} "
+                             f"images, 3 ids; all: {q} queries (3 ids), gallery {g} (3 ids)")
+    sweep = tmp_path / "sweep"
+    for job, (seed, doc) in enumerate([(0, full), (1, cut)]):
+        (sweep / str(job) / ".hydra").mkdir(parents=True)
+        (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n")
+        (sweep / str(job) / "metrics.json").write_text(json.dumps(doc))
+    with pytest.raises(Exception, match="different test lists") as err:
+        summarize_sweep(sweep)
+    msg = str(err.value)
+    assert "run 0" in msg and "run 1" in msg and "3 ids" in msg and "restore the lists" in msg
+    assert report_main([str(sweep)]) == 2
+    assert "different test lists" in capsys.readouterr().err
+
+
 def test_moved_data_needs_and_takes_dataset_root(sysu_ckpt, tmp_path):
     ckpt, root = sysu_ckpt
     moved = shutil.copytree(root, tmp_path / "moved", ignore=shutil.ignore_patterns("tskd_cache"))

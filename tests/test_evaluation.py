@@ -225,3 +225,35 @@ def test_llcm_table_widens_the_setting_column_and_footnotes_deens_visible2infrar
     assert lines[4].split()[:2] == ["visible2infrared*", "fc"]
     assert lines[-1] == ("* visible2infrared (DEEN: sampled IR as queries, every visible image "
                          "as the gallery)")
+
+
+def test_test_data_counts_per_trial_and_hash_by_hand():
+    """describe_test_data: counts that differ by trial are listed per trial; the hash is the
+    SHA-256 of one 'relative path, id, camera, modality' line per image."""
+    import hashlib
+
+    from tskd.results import describe_test_data, format_table
+
+    root = "/data/SYSU"
+    paths = [f"{root}/cam3/0001/a.jpg", f"{root}/cam3/0002/b.jpg", f"{root}/cam1/0001/c.jpg",
+             f"{root}/cam1/0002/d.jpg", f"{root}/cam2/0002/e.jpg"]
+    pids, cams = [1, 2, 1, 2, 2], [3, 3, 1, 1, 2]
+    mods = [INFRARED, INFRARED, VISIBLE, VISIBLE, VISIBLE]
+    searches = [Search("all", 0, np.array([0, 1]), np.array([2, 3])),
+                Search("all", 1, np.array([0, 1]), np.array([3, 4])),
+                Search("indoor", 0, np.array([1]), np.array([3, 4, 2]))]
+    p = proto.TestProtocol("sysu", paths, np.array(pids), np.array(cams), np.array(mods),
+                           searches)
+    data = describe_test_data(p, root)
+    lines = "".join(f"{path[len(root) + 1:]}\t{pid}\t{cam}\t{mod}\n"
+                    for path, pid, cam, mod in zip(paths, pids, cams, mods))
+    assert data["lists_sha256"] == hashlib.sha256(lines.encode()).hexdigest()
+    assert (data["images"], data["identities"], data["split"]) == (5, 2, None)
+    assert data["settings"] == {
+        "all": {"queries": 2, "query_ids": 2, "gallery": 2, "gallery_ids": [2, 1]},
+        "indoor": {"queries": 1, "query_ids": 1, "gallery": 3, "gallery_ids": 2}}
+    summaries = ev.summarize(ev.evaluate_features(
+        {"index": torch.arange(5), "fc": F.normalize(torch.randn(5, 4), dim=1)}, p), p)
+    assert format_table(summaries, {}, data).splitlines()[1] == (
+        f"test lists {data['lists_sha256'][:12]}: 5 images, 2 ids; all: 2 queries (2 ids), "
+        "gallery 2 (1-2 ids); indoor: 1 queries (1 ids), gallery 3 (2 ids)")

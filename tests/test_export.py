@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
+import math
 import sys
 
 import numpy as np
 import onnx  # dev extra: a missing install must fail here, not skip
 import onnxruntime as ort
 import pytest
-from tiny_model import IMG_SIZE
+import torch
+from onnx import numpy_helper
+from tiny_model import IMG_SIZE, make_non_finite_checkpoint
 
+from tskd import export
 from tskd.data.transforms import normalize_batch
 from tskd.errors import CheckpointError
 from tskd.export import check_onnx, export_onnx, main
@@ -85,3 +90,82 @@ def test_missing_onnx_says_how_to_install(exported, tmp_path, monkeypatch, capsy
     with pytest.raises(ImportError, match="onnxruntime"):
         check_onnx(files["visible"], ckpt, "visible")
     assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_check_fails_loudly_for_a_non_finite_model(exported, tmp_path, capsys, monkeypatch):
+    """An all-NaN model is never "max |onnxruntime - torch| = 0.00e+00" with exit 0."""
+    ckpt, _, files = exported
+    bad = make_non_finite_checkpoint(ckpt, tmp_path / "diverged.ckpt")
+    assert main([str(bad), "--out", str(tmp_path / "o"), "--check"]) == 1
+    out, err = capsys.readouterr()
+    assert "0.00e+00" not in out
+    assert f"checkpoint {bad} holds NaN/Inf" in err and "nothing was exported" in err
+    assert not list(tmp_path.rglob("*.onnx"))
+    # the check alone: PyTorch's output of that checkpoint is not finite -> refused, named
+    with pytest.raises(CheckpointError, match=f"checkpoint {bad} holds NaN/Inf"):
+        check_onnx(files["visible"], bad, "visible")
+    # an ONNX graph whose output is not finite (PyTorch's is): an infinite difference, a failure
+    model = onnx.load(str(files["visible"]))
+    for init in model.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.dtype.kind == "f":
+            init.CopyFrom(numpy_helper.from_array(np.full_like(arr, np.nan), init.name))
+    poisoned = tmp_path / "poisoned.onnx"
+    onnx.save(model, str(poisoned))
+    assert check_onnx(poisoned, ckpt, "visible") == math.inf
+    # such a difference fails tskd.export --check loudly, exit 2
+    monkeypatch.setattr(export, "check_onnx", lambda *a, **k: math.inf)
+    assert main([str(ckpt), "--out", str(tmp_path / "o2"), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "fails the check (its output holds NaN/Inf): max |onnxruntime - torch| = inf" in err
+
+
+def test_export_never_clobbers_and_writes_via_temporaries(exported, tmp_path, capsys,
+                                                          monkeypatch):
+    ckpt, _, _ = exported
+    out = tmp_path / "onnx"
+    names = ["tskd_sysu_resnet18_infrared.onnx", "tskd_sysu_resnet18_visible.onnx"]
+    assert main([str(ckpt), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == names
+    for n in names:
+        (out / n).write_bytes(b"an earlier export")
+    capsys.readouterr()
+    assert main([str(ckpt), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{out / names[1]} and {out / names[0]} already exist; nothing was written" in err
+    assert "--overwrite" in err
+    assert all((out / n).read_bytes() == b"an earlier export" for n in names)
+    # a failure half-way through --overwrite (at the second graph) leaves the earlier pair whole
+    real_export, calls = torch.onnx.export, []
+
+    def full_disk_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", full_disk_at_the_second)
+    assert main([str(ckpt), "--out", str(out), "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and str(out) in err and "unchanged" in err
+    assert sorted(p.name for p in out.iterdir()) == names  # no temporaries left
+    assert all((out / n).read_bytes() == b"an earlier export" for n in names)
+    monkeypatch.undo()
+    assert main([str(ckpt), "--out", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == names
+    for n in names:
+        onnx.checker.check_model(onnx.load(str(out / n)))
+
+
+def test_bad_out_and_opset_refused_before_any_work(tmp_path, capsys):
+    never = tmp_path / "never_read.ckpt"  # not there: the option errors must come first
+    a_file = tmp_path / "a_file"
+    a_file.write_text("notes")
+    assert main([str(never), "--out", str(a_file)]) == 1
+    err = capsys.readouterr().err
+    assert f"--out {a_file} is a file" in err and "pass a folder" in err
+    assert a_file.read_text() == "notes"
+    assert main([str(never), "--out", str(tmp_path / "o"), "--opset", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "--opset 3" in err and "17" in err and "does not exist" not in err
+    assert not (tmp_path / "o").exists()

@@ -7,13 +7,16 @@ session fixture ``tiny`` shared with the export and visualiser tests).
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_model import IMG_SIZE, SOURCE_SIZE
+from tiny_model import IMG_SIZE, SOURCE_SIZE, make_non_finite_checkpoint
 
 from tskd.data.datamodule import ReIDDataModule
 from tskd.data.protocol import INFRARED, VISIBLE
@@ -150,3 +153,90 @@ def test_embed_cli_refuses_to_overwrite_unless_asked(tiny, tmp_path, capsys):
     index, feats = json.loads(metrics.read_text()), np.load(run / "metrics.npy")
     assert index["modality"] == "infrared" and len(index["files"]) == len(feats) > 0
     assert sorted(p.name for p in run.iterdir()) == ["metrics.json", "metrics.npy"]  # no temps
+
+
+def test_non_finite_features_are_refused_naming_the_checkpoint(tiny, tmp_path, capsys):
+    from tskd.embed import main
+
+    ckpt, root = tiny
+    bad = make_non_finite_checkpoint(ckpt, tmp_path / "diverged.ckpt")
+    files = sorted((root / "cam3").rglob("*.jpg"))[:2]
+    with pytest.raises(CheckpointError, match=f"checkpoint {bad} holds NaN/Inf") as err:
+        Embedder.from_checkpoint(bad).embed(files, "infrared")
+    assert "non-finite features" in str(err.value)
+    out = tmp_path / "feats.npy"
+    assert main([str(bad), str(root / "cam3"), "--modality", "infrared", "--out", str(out)]) == 1
+    msg = capsys.readouterr().err
+    assert f"checkpoint {bad} holds NaN/Inf" in msg and "Nothing was written" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["diverged.ckpt"]
+    # a run's last.ckpt with the copy it replaced beside it: the message names that copy
+    run = tmp_path / "checkpoints"
+    run.mkdir()
+    bad.rename(run / "last.ckpt")
+    shutil.copyfile(ckpt, run / "last.prev.ckpt")
+    with pytest.raises(CheckpointError) as err:
+        Embedder.from_checkpoint(run / "last.ckpt").embed(files, "infrared")
+    assert f"use the copy it replaced, {run / 'last.prev.ckpt'}" in str(err.value)
+
+
+def test_embed_out_naming_a_folder_writes_inside_it(tiny, tmp_path):
+    from tskd.embed import main
+
+    ckpt, root = tiny
+    args = [str(ckpt), str(root / "cam3"), "--modality", "infrared", "--out"]
+    folder = tmp_path / "feats"
+    folder.mkdir()
+    assert main([*args, str(folder)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feats"]  # nothing beside it
+    assert sorted(p.name for p in folder.iterdir()) == ["features.json", "features.npy"]
+    assert main([*args, f"{tmp_path / 'new'}{os.sep}"]) == 0  # a trailing slash: a new folder
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["features.json",
+                                                                     "features.npy"]
+
+
+def test_overwrite_keeps_the_pair_consistent_across_a_failure(tiny, tmp_path, monkeypatch,
+                                                              capsys):
+    from tskd.embed import main
+
+    ckpt, root = tiny
+    out, index = tmp_path / "f.npy", tmp_path / "f.json"
+    out.write_bytes(b"older features")
+    index.write_text('{"older": "index"}')
+    args = [str(ckpt), str(root / "cam3"), "--modality", "infrared", "--out", str(out),
+            "--overwrite"]
+    real_replace = os.replace
+
+    def full_disk_at_the_index(src, dst, *a, **kw):  # the .npy is in place, the .json fails
+        if os.fspath(dst) == str(index):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", full_disk_at_the_index)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and f"{out} and {index} are unchanged" in err
+    assert out.read_bytes() == b"older features" and index.read_text() == '{"older": "index"}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json", "f.npy"]  # no temporaries
+    monkeypatch.undo()
+    assert main(args) == 0
+    feats, listed = np.load(out), json.loads(index.read_text())
+    assert len(listed["files"]) == len(feats) > 0
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop"])
+def test_embed_folder_with_a_broken_link_names_it(tiny, tmp_path, kind):
+    _, root = tiny
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(next((root / "cam3").rglob("*.jpg")).read_bytes())
+    if kind == "dangling":
+        os.symlink(tmp_path / "moved" / "b.jpg", folder / "b.jpg")
+        expected = f"points to {tmp_path / 'moved' / 'b.jpg'}, which does not exist"
+    else:
+        os.symlink("c.jpg", folder / "b.jpg")
+        os.symlink("b.jpg", folder / "c.jpg")
+        expected = "is a symbolic link loop"
+    with pytest.raises(InputError) as err:
+        list_images(folder)
+    assert str(folder / "b.jpg") in str(err.value) and expected in str(err.value)
+    assert "remove the link" in str(err.value)

@@ -386,3 +386,32 @@ def test_hydra_sweep_stopped_by_a_signal(tmp_path, sig, code):
     logged = proc.stdout + proc.stderr  # the closing table, from the atexit hook
     assert f"INTERRUPTED: run 1 (trial 5, (defaults)): interrupted by {sig}" in logged
     assert "NOT RUN: job 2 (trial 3, (defaults))" in (sweep_dir / "summary.txt").read_text()
+
+
+def _lists(sha: str, split, ids: int) -> dict:
+    """A metrics.json ``test_data`` block: lists hash, RegDB split, sizes."""
+    return {"lists_sha256": sha * 64, "split": split, "images": 10 * ids, "identities": ids,
+            "settings": {}}
+
+
+def test_runs_on_different_test_lists_are_not_averaged(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    # RegDB: every split has its own test lists, so runs over the trial axis differ by design
+    for job, (t, sha) in enumerate([(1, "a"), (2, "b")]):
+        _run(root, str(job), ["dataset=regdb", f"dataset.trial={t}"],
+             {**_regdb_metrics(t, 80, 70, 78, 60), "test_data": _lists(sha, t, 206)})
+    _run(root, "3", ["dataset=regdb", "dataset.trial=1", "seed=4"],  # older: no test_data
+         _regdb_metrics(1, 80, 70, 78, 60))
+    assert summarize_sweep(root)["counts"]["ok"] == 3
+    # a second run of split 1 (another seed: the same setting) measured on other split-1 lists
+    _run(root, "2", ["dataset=regdb", "dataset.trial=1", "seed=5"],
+         {**_regdb_metrics(1, 90, 80, 88, 70), "test_data": _lists("c", 1, 3)})
+    with pytest.raises(InputError, match="different test lists") as err:
+        summarize_sweep(root)
+    msg = str(err.value)
+    assert f"run 0 used lists {'a' * 12} (2060 images, 206 ids)" in msg
+    assert f"run 2 used lists {'c' * 12} (30 images, 3 ids)" in msg
+    assert "run 1" not in msg and "run 3" not in msg and "split 1" in msg
+    assert "restore the lists" in msg and str(root) in msg
+    assert main([str(root)]) == 2
+    assert "different test lists" in capsys.readouterr().err

@@ -222,3 +222,22 @@ def test_setting_of_the_other_dataset_refused_once_the_checkpoint_is_read(tiny, 
                                            r"\['all', 'indoor'\] or null for sysu\)"):
         write_ranked_lists(_compose_visualize(overrides), overrides)
     assert not (tmp_path / "cache").exists()  # refused before any image was cached
+
+
+def test_non_finite_non_integer_and_file_options_refused_before_loading(tmp_path):
+    from tskd.visualize import write_ranked_lists
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    cfg = _compose_visualize([f"ckpt={tmp_path / 'never_read.ckpt'}", "dataset=sysu",
+                              "vis.scale=inf", "vis.topk=abc", "vis.num_queries=2.5",
+                              f"vis.out_dir={a_file}"])
+    with pytest.raises(ConfigError) as err:
+        write_ranked_lists(cfg)
+    msg = str(err.value)
+    for part in ("vis.scale=inf (must be a finite number > 0)",
+                 "vis.topk='abc' (must be a whole number > 0)",
+                 "vis.num_queries=2.5 (must be a whole number > 0)",
+                 f"vis.out_dir={a_file} is a file"):
+        assert part in msg
+    assert a_file.read_text() == "mine"

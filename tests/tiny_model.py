@@ -57,3 +57,13 @@ def make_checkpoint(path: Path, data_root: Path) -> Path:
     return path
 
 
+
+
+def make_non_finite_checkpoint(src: Path, dst: Path) -> Path:
+    """``src`` with every floating-point tensor NaN: what a run saved after it diverged."""
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    for value in ckpt["state_dict"].values():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            value.fill_(float("nan"))
+    torch.save(ckpt, dst)
+    return dst

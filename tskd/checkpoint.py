@@ -76,6 +76,40 @@ def check_format(ckpt: dict, path: str | Path = "<checkpoint>") -> None:
         )
 
 
+# What evaluation, export, embedding and the visualiser read from a checkpoint's "tskd" block.
+REQUIRED_METADATA = ("dataset", "trial", "num_classes", "img_size", "backbone")
+
+
+def require_contents(ckpt: dict, path: str | Path = "<checkpoint>") -> dict:
+    """The checkpoint's ``tskd`` metadata, once it holds everything the tools read.
+
+    :func:`load_checkpoint` accepts any dict with ``tskd`` and ``state_dict`` (resuming reads no
+    more); using a model also needs the metadata keys of :data:`REQUIRED_METADATA` and the
+    module's ``hyper_parameters``, which train.py always saves. A file cut down by a script
+    would otherwise fail later with a bare ``KeyError``.
+
+    Raises:
+        CheckpointError: Naming every missing key and the file to use instead.
+    """
+    meta = ckpt["tskd"] if isinstance(ckpt.get("tskd"), dict) else {}
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    size = meta.get("img_size")
+    if "img_size" not in missing and not (
+            isinstance(size, list | tuple) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        missing.append("img_size (as [height, width])")
+    hp = ckpt.get("hyper_parameters")
+    if not isinstance(hp, dict) or not hp:
+        missing.append("hyper_parameters")
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} lacks {', '.join(map(repr, missing))}: it is not a whole "
+            "checkpoint as train.py saves it (edited, or cut down by a script). Use the file "
+            "train.py wrote, <run dir>/checkpoints/last.ckpt." + _previous_copy_hint(Path(path))
+        )
+    return meta
+
+
 def build_module(ckpt: dict, path: str | Path = "<checkpoint>", **overrides):
     """A ``TSKDModule`` with the checkpoint's weights, in eval mode.
 
@@ -86,6 +120,7 @@ def build_module(ckpt: dict, path: str | Path = "<checkpoint>", **overrides):
     """
     from tskd.models.tskd_module import TSKDModule  # heavy import only when needed
 
+    require_contents(ckpt, path)
     hp = dict(ckpt.get("hyper_parameters", {}))
     # the weights come from the checkpoint: never download or read ImageNet weights again
     hp["model"] = {**hp.get("model", {}), "pretrained": False}

@@ -10,7 +10,9 @@ Nothing is fsync'ed either.
 :func:`write_checkpoint` writes beside the checkpoint instead (``last.ckpt.partial``), fsyncs
 it, keeps the file it replaces as ``last.prev.ckpt`` (a hard link: no copy, and at every
 instant both names hold complete files) and renames the new file into place. A kill leaves
-either the old ``last.ckpt`` or the new one, plus the previous epoch's copy.
+either the old ``last.ckpt`` or the new one, plus the previous epoch's copy. A save that fails
+for want of space (ENOSPC, a quota) is a :class:`~tskd.errors.CheckpointSaveError` naming the file,
+the checkpoint that is still intact and the fix, not torch's "unexpected pos".
 
 Before anything is written, :func:`check_finite_state` looks at every floating tensor of the
 model state: a step that made the weights NaN or Inf (with a finite loss, so the loss check
@@ -35,7 +37,7 @@ from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
-from tskd.errors import CheckpointError
+from tskd.errors import CheckpointError, CheckpointSaveError
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -124,23 +126,65 @@ def write_checkpoint(checkpoint: Any, path: str | Path, keep_previous: bool = Tr
 
     Raises:
         CheckpointError: ``checkpoint["state_dict"]`` holds NaN or Inf; nothing was written.
+        CheckpointSaveError: The write failed (a full disk); the old files are intact.
     """
     path = Path(path)
     check_finite_state(checkpoint, path)  # before a byte is written: the old files stay
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    sink = None
     try:
         with open(partial, "wb") as fh:
-            torch.save(checkpoint, fh)
+            sink = _RecordingFile(fh)
+            torch.save(checkpoint, sink)
             fh.flush()
             os.fsync(fh.fileno())
-    except BaseException:  # an error or a signal (tskd.entry.Interrupted) half-way: no debris
+        if keep_previous and path.is_file():
+            _keep_previous(path)
+    except BaseException as err:  # an error or a signal (tskd.entry.Interrupted): no debris
         partial.unlink(missing_ok=True)
+        cause = sink.error if sink is not None and sink.error is not None else err
+        if isinstance(cause, OSError):
+            failure = CheckpointSaveError(_save_failed(path, cause))
+            failure.errno = cause.errno
+            raise failure from err
         raise
-    if keep_previous and path.is_file():
-        _keep_previous(path)
     os.replace(partial, path)
     _fsync_dir(path.parent)
+
+
+class _RecordingFile:
+    """A file for ``torch.save`` that remembers why a write failed.
+
+    torch reports a failed write to a file object as "unexpected pos 704 vs 598", losing the
+    OSError (ENOSPC, EDQUOT, EIO) that says what happened; this keeps it.
+    """
+
+    def __init__(self, fh) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _save_failed(path: Path, err: OSError) -> str:
+    """The message for a save of ``path`` that failed with ``err``: what is intact, what to do."""
+    if path.is_file():
+        kept = (f"{path} is unchanged (the previous save): resume from it with ckpt={path} once "
+                "there is room")
+    else:
+        kept = "no checkpoint of this run was written yet"
+    return (f"cannot save checkpoint {path}: {err.strerror or err}; {kept}. Free space on the "
+            f"disk holding {path.parent}, or point callbacks.model_checkpoint.dirpath (or "
+            "hydra.run.dir) at a disk with room.")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

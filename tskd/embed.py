@@ -5,9 +5,14 @@
 writes ``ir_feats.npy`` (float32 (N, C), L2-normalised rows) and ``ir_feats.json``, the index:
 ``files`` lists each image's path relative to FOLDER in row order (recursive, sorted), beside
 the checkpoint, modality, feature and image size used. Cosine similarity of two rows is their
-dot product. An existing output (either file) is never replaced unless ``--overwrite`` is given,
-and both files are written under a temporary name and renamed into place, so a reader never
-sees half a file.
+dot product. ``--out`` naming an existing folder (or ending in ``/``) writes
+``features.npy`` and ``features.json`` inside it.
+
+An existing output (either file) is never replaced unless ``--overwrite`` is given. Both files
+are written in full under temporary names first, then renamed into place together: a failure
+(a full disk, Ctrl-C) before or between the renames leaves the earlier pair as it was, so the
+features and their index always belong together. Features holding NaN/Inf (a checkpoint saved
+after training diverged) are refused, naming the checkpoint; nothing is written.
 """
 
 from __future__ import annotations
@@ -15,25 +20,32 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from tskd.errors import TSKDError
-from tskd.files import write_atomic
+from tskd.errors import OutputError, OutputExistsError, TSKDError
+from tskd.files import folder_problem, refuse_existing, replace_together, write_temporary
 from tskd.inference import Embedder, list_images, parse_modality
 
 log = logging.getLogger(__name__)
 
-
-class OutputExistsError(TSKDError, FileExistsError):
-    """An output file of ``python -m tskd.embed`` exists and ``--overwrite`` was not given."""
+__all__ = ["OutputExistsError", "embed_folder", "main", "output_paths"]
+DEFAULT_NAME = "features.npy"  # the file written inside a folder named by --out
 
 
 def output_paths(out: str | Path) -> tuple[Path, Path]:
-    """The ``(.npy, .json)`` files written for ``--out out``."""
-    out = Path(out)
+    """The ``(.npy, .json)`` files written for ``--out out``.
+
+    An existing folder, or a name ending in a path separator, holds ``features.npy`` and
+    ``features.json``; any other name gets ``.npy`` appended unless it has it.
+    """
+    text = os.fspath(out)
+    if os.path.isdir(text) or text.endswith(("/", os.sep)):
+        return Path(text) / DEFAULT_NAME, Path(text) / "features.json"
+    out = Path(text)
     if out.suffix != ".npy":  # np.save would append it; keep the .json beside the real name
         out = out.with_name(out.name + ".npy")
     return out, out.with_suffix(".json")
@@ -48,33 +60,52 @@ def embed_folder(ckpt: str | Path, folder: str | Path, modality: str | int,
 
     Raises:
         OutputExistsError: An output file exists and ``overwrite`` is false (nothing written).
+        OutputError: The output folder cannot be written, or writing failed (a full disk): the
+            earlier files, if any, are unchanged.
         InputError: Unknown modality, not a folder, no images.
         DatasetError: An unreadable image.
-        CheckpointError: A missing or unusable checkpoint.
+        CheckpointError: A missing or unusable checkpoint, or one giving NaN/Inf features.
     """
     out, index_file = output_paths(out)
-    existing = [p for p in (out, index_file) if p.exists()]
-    if existing and not overwrite:  # before any work: a typo in --out must not cost a run
-        raise OutputExistsError(
-            f"{' and '.join(map(str, existing))} already exist{'s' if len(existing) == 1 else ''};"
-            " nothing was written. Choose another --out, or pass --overwrite to replace "
-            f"{'it' if len(existing) == 1 else 'them'}.")
+    if not overwrite:  # before any work: a typo in --out must not cost a run
+        refuse_existing([out, index_file],
+                        "Choose another --out, or pass --overwrite to replace {it}.")
     m = parse_modality(modality)  # cheap checks first: nothing is loaded for a typo
     files = list_images(folder, extensions)
+    why = folder_problem(out.parent)
+    if why is not None:
+        raise OutputError(f"cannot write {out} ({out.parent}: {why}); choose another --out.")
     embedder = Embedder.from_checkpoint(ckpt, device=device)
     feats = embedder.embed(files, m, batch_size=batch_size, feature=feature)  # (N, C)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, lambda fh: np.save(fh, feats), fsync=True)
     index = {
         "checkpoint": str(ckpt), "folder": str(folder),
         "modality": {0: "visible", 1: "infrared"}[m], "feature": feature,
         "img_size": list(embedder.img_size), "shape": list(feats.shape),
         "files": [p.relative_to(folder).as_posix() for p in files],
     }
-    write_atomic(index_file, lambda fh: fh.write(json.dumps(index, indent=1).encode()),
-                 fsync=True)
+    _write_pair(out, feats, index_file, index)
     log.info("wrote %s %s and %s", out, feats.shape, index_file)
     return out, index_file
+
+
+def _write_pair(out: Path, feats: np.ndarray, index_file: Path, index: dict) -> None:
+    """Both files in full under temporary names, then renamed into place together."""
+    had = [p for p in (out, index_file) if p.exists()]
+    temps: list[Path] = []
+    try:
+        temps.append(write_temporary(out, lambda fh: np.save(fh, feats), fsync=True))
+        temps.append(write_temporary(
+            index_file, lambda fh: fh.write(json.dumps(index, indent=1).encode()), fsync=True))
+        replace_together([(temps[0], out), (temps[1], index_file)])
+    except BaseException as err:  # Ctrl-C included: no temporary stays behind
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        if not isinstance(err, OSError):
+            raise
+        left = (f"{' and '.join(map(str, had))} {'are' if len(had) > 1 else 'is'} unchanged"
+                if had else "nothing was written")
+        raise OutputError(f"cannot write {out} and {index_file} ({err.strerror or err}); "
+                          f"{left}. Free space on that disk or choose another --out.") from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                                   device=args.device, extensions=tuple(args.ext),
                                   overwrite=args.overwrite)
     except TSKDError as err:
-        sys.stderr.write(f"error: {err}\n")
+        done = "" if isinstance(err, OutputError) else " Nothing was written."
+        sys.stderr.write(f"error: {err}{done}\n")
         return 1
     sys.stdout.write(f"{out}\n{index}\n")
     return 0

@@ -28,3 +28,17 @@ class InputError(TSKDError, ValueError):
 
 class NonFiniteLossError(TSKDError, FloatingPointError):
     """Training produced a NaN/Inf loss; the message names step, batch ids and loss terms."""
+
+
+class OutputError(TSKDError, OSError):
+    """An output (features, an export, a cache) cannot be written where it was asked for: a
+    full disk, a file where a folder should be, a folder without write permission."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """An output file exists and replacing it was not asked for (``--overwrite``)."""
+
+
+class CheckpointSaveError(CheckpointError, OSError):
+    """A checkpoint could not be written (a full disk, a quota); the message names the file
+    still intact and the fix. Still an OSError, as the failed write was."""

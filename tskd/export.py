@@ -10,7 +10,13 @@ The network picks its stem by modality, so each exported graph has the modality 
 
 The graph records these facts in its metadata (``modality``, ``img_h``, ``img_w``, ``mean``,
 ``std``). ``--check`` runs each file with onnxruntime on random input and reports the largest
-difference from PyTorch. onnx/onnxruntime are optional: ``pip install -e ".[extras]"``.
+difference from PyTorch; an output holding NaN/Inf fails it. onnx/onnxruntime are optional:
+``pip install -e ".[extras]"``.
+
+Existing files are never replaced unless ``--overwrite`` is given. Both graphs are written into
+a temporary folder inside ``--out`` and then renamed into place together, so an export that
+fails half-way (a full disk) leaves the earlier files as they were. A checkpoint whose weights
+hold NaN/Inf is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -29,10 +38,14 @@ from torch import nn
 from tskd.checkpoint import build_module, load_checkpoint
 from tskd.data.protocol import MODALITY_NAMES
 from tskd.data.transforms import MEAN, STD
-from tskd.errors import TSKDError
+from tskd.errors import CheckpointError, InputError, OutputError, TSKDError
+from tskd.files import folder_problem, refuse_existing, replace_together
+from tskd.finite import nonfinite_message
 from tskd.inference import parse_modality
 
 log = logging.getLogger(__name__)
+
+TOLERANCE = 1e-4  # --check: largest |onnxruntime - PyTorch| accepted
 
 
 def _require(name: str):
@@ -60,8 +73,29 @@ class ModalityNet(nn.Module):
 
 def _load(ckpt_path: str | Path) -> tuple[nn.Module, dict]:
     ckpt = load_checkpoint(ckpt_path)
+    bad = nonfinite_message(ckpt_path, ckpt["state_dict"])
+    if bad:  # every output would be NaN, and NaN passes any "difference <= tolerance" test
+        raise CheckpointError(f"nothing was exported: {bad}.")
     module = build_module(ckpt, ckpt_path, channels_last=False)
     return module.net.eval(), ckpt["tskd"]
+
+
+def opset_range() -> tuple[int, int]:
+    """The ONNX opsets this torch's exporter accepts (its own constants; 7..20 if unknown)."""
+    try:
+        from torch.onnx import _constants
+        return int(_constants.ONNX_MIN_OPSET), int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return 7, 20
+
+
+def _check_opset(opset) -> int:
+    lo, hi = opset_range()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not lo <= opset <= hi:
+        raise InputError(f"--opset {opset} cannot be exported by torch {torch.__version__}, "
+                         f"which writes opsets {lo}..{hi}; use the default 17 (onnxruntime "
+                         "1.16 and newer run it).")
+    return opset
 
 
 def default_name(meta: dict) -> str:
@@ -71,7 +105,7 @@ def default_name(meta: dict) -> str:
 
 
 def export_onnx(ckpt_path: str | Path, out_dir: str | Path, opset: int = 17,
-                name: str | None = None) -> dict[str, Path]:
+                name: str | None = None, overwrite: bool = False) -> dict[str, Path]:
     """Write ``<name>_visible.onnx`` and ``<name>_infrared.onnx`` (batch dimension dynamic).
 
     Args:
@@ -79,50 +113,94 @@ def export_onnx(ckpt_path: str | Path, out_dir: str | Path, opset: int = 17,
         out_dir: Folder for the files (created).
         opset: ONNX opset version.
         name: File name prefix (default :func:`default_name`).
+        overwrite: Replace files of the same names (refused otherwise, before any work).
 
     Returns:
         ``{"visible": path, "infrared": path}``.
 
     Raises:
         ImportError: onnx is not installed (the message says how to install it).
-        CheckpointError: A missing or unusable checkpoint.
+        InputError: An opset this torch cannot export.
+        OutputError: ``out_dir`` is a file or cannot be written, the disk filled up (the files
+            there are unchanged), or (:class:`~tskd.errors.OutputExistsError`) a file exists
+            and ``overwrite`` is false.
+        CheckpointError: A missing or unusable checkpoint, or one whose weights are not finite.
     """
+    opset = _check_opset(opset)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} is a file; pass a folder for the .onnx files (it is "
+                          "created when missing).")
     onnx = _require("onnx")
     net, meta = _load(ckpt_path)
     h, w = meta["img_size"]
     name = name or default_name(meta)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for modality, mod_name in MODALITY_NAMES.items():
-        path = out / f"{name}_{mod_name}.onnx"
-        example = torch.zeros(2, 3, h, w)
+    paths = {mod_name: out / f"{name}_{mod_name}.onnx" for mod_name in MODALITY_NAMES.values()}
+    if not overwrite:
+        refuse_existing(list(paths.values()),
+                        "Choose another --out or --name, or pass --overwrite to replace {it}.")
+    why = folder_problem(out)
+    if why is not None:
+        raise OutputError(f"cannot write the ONNX files into {out} ({why}); choose another --out.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out, prefix=".tskd-export-"))
+    except OSError as err:
+        raise OutputError(f"cannot write the ONNX files into {out} ({err}); choose another "
+                          "--out.") from err
+    try:
+        for modality, mod_name in MODALITY_NAMES.items():
+            _export_one(onnx, ModalityNet(net, modality), staging / paths[mod_name].name,
+                        opset, (h, w), {"modality": mod_name, "dataset": meta["dataset"],
+                                        "backbone": meta["backbone"]})
+        replace_together([(staging / p.name, p) for p in paths.values()])
+    except OSError as err:
+        raise OutputError(
+            f"cannot write the ONNX files into {out} ({err.strerror or err}); the files there "
+            "are unchanged. Free space on that disk or choose another --out.") from err
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for mod_name, path in paths.items():
+        log.info("wrote %s (input (B, 3, %d, %d) %s images)", path, h, w, mod_name)
+    return paths
+
+
+def _export_one(onnx, model: nn.Module, path: Path, opset: int, size: tuple[int, int],
+                facts: dict) -> None:
+    """One graph to ``path``, with the image facts in its metadata."""
+    h, w = size
+    example = torch.zeros(2, 3, h, w)
+    try:
         with warnings.catch_warnings(), torch.no_grad():
             # The TorchScript exporter: the torch.export one needs onnxscript, not a dependency.
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
-                ModalityNet(net, modality), (example,), str(path), dynamo=False,
+                model, (example,), str(path), dynamo=False,
                 input_names=["images"], output_names=["embedding"], opset_version=opset,
                 dynamic_axes={"images": {0: "batch"}, "embedding": {0: "batch"}},
             )
-        model = onnx.load(str(path))
-        facts = {"modality": mod_name, "img_h": h, "img_w": w, "feature": "fc",
-                 "mean": " ".join(map(str, MEAN)), "std": " ".join(map(str, STD)),
-                 "dataset": meta["dataset"], "backbone": meta["backbone"]}
-        onnx.helper.set_model_props(model, {k: str(v) for k, v in facts.items()})
-        onnx.checker.check_model(model)
-        onnx.save(model, str(path))
-        written[mod_name] = path
-        log.info("wrote %s (input (B, 3, %d, %d) %s images)", path, h, w, mod_name)
-    return written
+    except torch.onnx.OnnxExporterError as err:  # an operation the opset lacks
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot export with --opset {opset}: {first}; use the default "
+                         "17.") from err
+    graph = onnx.load(str(path))
+    facts = {**facts, "img_h": h, "img_w": w, "feature": "fc",
+             "mean": " ".join(map(str, MEAN)), "std": " ".join(map(str, STD))}
+    onnx.helper.set_model_props(graph, {k: str(v) for k, v in facts.items()})
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
 
 
 def check_onnx(onnx_path: str | Path, ckpt_path: str | Path, modality: str | int,
                batch_sizes: tuple[int, ...] = (1, 3), seed: int = 0) -> float:
     """Largest |onnxruntime - PyTorch| over random inputs of each batch size.
 
+    An onnxruntime output holding NaN/Inf is an infinite difference (``math.inf``), never a
+    small one.
+
     Raises:
         ImportError: onnxruntime is not installed.
+        CheckpointError: The checkpoint's weights, or PyTorch's outputs, are not finite.
     """
     ort = _require("onnxruntime")
     m = parse_modality(modality)
@@ -139,6 +217,11 @@ def check_onnx(onnx_path: str | Path, ckpt_path: str | Path, modality: str | int
         if got.shape != ref.shape:
             raise RuntimeError(f"{onnx_path} returned shape {got.shape} for a batch of {b}, "
                                f"expected {ref.shape}; re-export it with this tskd version.")
+        if not np.isfinite(ref).all():  # finite weights (checked by _load), non-finite output
+            raise CheckpointError(f"checkpoint {ckpt_path} gives NaN/Inf embeddings for random "
+                                  "input in PyTorch; it cannot be checked or used.")
+        if not np.isfinite(got).all():  # max() would skip a NaN: max(0.0, nan) == 0.0
+            return math.inf
         worst = max(worst, float(np.abs(got - ref).max()))
     return worst
 
@@ -153,17 +236,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--check", action="store_true",
                         help="compare onnxruntime with PyTorch on random input (tolerance 1e-4)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing files of the same names (refused otherwise)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        written = export_onnx(args.ckpt, args.out, opset=args.opset, name=args.name)
+        written = export_onnx(args.ckpt, args.out, opset=args.opset, name=args.name,
+                              overwrite=args.overwrite)
         failed = False
         for modality, path in written.items():
             sys.stdout.write(f"{path}\n")
             if args.check:
                 diff = check_onnx(path, args.ckpt, modality)
-                failed |= diff > 1e-4
                 sys.stdout.write(f"  {modality}: max |onnxruntime - torch| = {diff:.2e}\n")
+                if not diff <= TOLERANCE:
+                    failed = True
+                    why = " (its output holds NaN/Inf)" if math.isinf(diff) else ""
+                    sys.stderr.write(f"error: {path} fails the check{why}: max |onnxruntime - "
+                                     f"torch| = {diff:.2e} > {TOLERANCE:.0e}\n")
     except (TSKDError, ImportError) as err:
         sys.stderr.write(f"error: {err}\n")
         return 1

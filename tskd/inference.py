@@ -25,9 +25,11 @@ from PIL import Image
 
 from tskd.checkpoint import build_module, load_checkpoint
 from tskd.data.cache import load_image, to_rgb
+from tskd.data.layout import broken_link, require_utf8_name
 from tskd.data.protocol import INFRARED, MODALITY_NAMES, VISIBLE
 from tskd.data.transforms import normalize_batch
-from tskd.errors import InputError
+from tskd.errors import CheckpointError, DatasetError, InputError
+from tskd.finite import nonfinite_message
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +101,21 @@ class Embedder:
         module: A ``TSKDModule`` (e.g. from :func:`tskd.checkpoint.build_module`).
         img_size: ``(height, width)`` the model was trained at.
         device: Where the network runs (``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...).
+        source: Where the weights came from (the checkpoint file), for messages.
 
     Attributes:
         img_size: ``(height, width)`` every image is resized to.
         feat_dim: Feature dimension C.
+        source: The checkpoint file (or ``"the given module"``).
     """
 
     def __init__(self, module: torch.nn.Module, img_size: tuple[int, int],
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", source: str | None = None) -> None:
         self.device = torch.device(device)
         self.module = module.eval().to(self.device)
         self.img_size = (int(img_size[0]), int(img_size[1]))
         self.feat_dim = int(module.net.feat_dim)
+        self.source = str(source) if source is not None else "the given module"
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -132,7 +137,7 @@ class Embedder:
         meta = ckpt["tskd"]
         log.info("loaded %s (%s, %s, image %s)", path, meta["dataset"], meta["backbone"],
                  meta["img_size"])
-        return cls(module, tuple(meta["img_size"]), device=device)
+        return cls(module, tuple(meta["img_size"]), device=device, source=str(path))
 
     @torch.inference_mode()
     def embed_arrays(self, images: np.ndarray, modality: str | int, feature: str = "fc"
@@ -163,6 +168,8 @@ class Embedder:
         Raises:
             InputError: No images, an unknown modality or feature.
             DatasetError: An unreadable image.
+            CheckpointError: A feature holds NaN/Inf (weights saved after training diverged):
+                never returned, since NaN ranks and compares silently wrong.
         """
         parse_modality(modality)  # fail before decoding anything
         if feature not in FEATURES:
@@ -180,7 +187,21 @@ class Embedder:
             batch = np.stack([prepare_image(im, self.img_size)
                               for im in images[start:start + batch_size]])  # (B, h, w, 3)
             chunks.append(self.embed_arrays(batch, modality, feature))
-        return np.concatenate(chunks).astype(np.float32, copy=False)
+        feats = np.concatenate(chunks).astype(np.float32, copy=False)
+        self._require_finite(feats)
+        return feats
+
+    def _require_finite(self, feats: np.ndarray) -> None:
+        """Stop on NaN/Inf features, naming the checkpoint (and its bad weights) or the rows."""
+        bad_rows = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+        if not len(bad_rows):
+            return
+        what = f"non-finite features (NaN/Inf) for {len(bad_rows)} of {len(feats)} images"
+        weights = nonfinite_message(self.source, self.module.state_dict())
+        if weights:
+            raise CheckpointError(f"{weights}. It gives {what}.")
+        raise CheckpointError(f"{self.source} gives {what} (first: image {bad_rows[0]}) although "
+                              "its weights are finite; check those images.")
 
 
 def list_images(folder: str | os.PathLike,
@@ -188,13 +209,26 @@ def list_images(folder: str | os.PathLike,
     """Image files under ``folder`` (recursive), sorted by their path relative to it.
 
     Raises:
-        InputError: ``folder`` is not a directory or holds no image.
+        InputError: ``folder`` is not a directory or holds no image, or an image name is a
+            symbolic link to nothing (or a loop), or not UTF-8.
     """
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"{root} is not a folder; pass the folder holding the images.")
     exts = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
-    files = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts]
+    files = []
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() not in exts:
+            continue
+        if not p.is_file():
+            if p.is_symlink():  # a link to nothing or a loop: an image would silently be missing
+                raise InputError(broken_link(str(p), "image"))
+            continue
+        try:
+            require_utf8_name(str(p))
+        except DatasetError as err:
+            raise InputError(str(err)) from None
+        files.append(p)
     if not files:
         raise InputError(
             f"no images ({', '.join(sorted(exts))}) found in {root} or its subfolders; check the "

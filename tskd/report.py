@@ -10,6 +10,9 @@ run": the sweep had not reached it yet, or was stopped first. Runs are grouped i
 their overrides minus the trial axis (``group_out``); for every (mode/direction, feature) result
 the summary holds the mean and the population std (ddof=0) over runs of each run's mean
 metrics. Runs that did not finish are listed per setting with their status, never dropped.
+Runs of one setting measured on different test lists (``test_data.lists_sha256`` of their
+metrics.json differs, for the same RegDB split) are never averaged: the summary is refused,
+naming the runs (:func:`check_test_lists`).
 
 ``python -m tskd.report SWEEP_DIR [--quiet]`` rebuilds the summary at any time;
 ``SweepSummaryCallback`` does it from inside the sweep (registered in ``configs/hydra``).
@@ -201,6 +204,48 @@ def _trial(overrides: list[str], group_out: tuple[str, ...]) -> Any:
     return next(iter(picked.values())) if len(picked) == 1 else (picked or None)
 
 
+def _setting_key(overrides: list[str], group_out: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(o for o in overrides if _split(o)[0] not in group_out))
+
+
+def check_test_lists(runs: list[dict], group_out: tuple[str, ...], root: Path) -> None:
+    """Refuse to average runs of one setting whose metrics.json name different test lists.
+
+    Runs are compared within a setting and, where the trial chooses the lists (RegDB's
+    splits, ``test_data.split``), within a split. Runs without ``test_data`` (older
+    metrics.json) are not compared.
+
+    Raises:
+        InputError: Naming each setting, its runs per lists hash, and the fix.
+    """
+    seen: dict[tuple, dict[str, list]] = {}
+    for run in runs:
+        data = (run["metrics"] or {}).get("test_data") if run["status"] == "ok" else None
+        if not isinstance(data, dict) or not isinstance(data.get("lists_sha256"), str):
+            continue
+        key = (_setting_key(run["overrides"], group_out), run["metrics"].get("dataset"),
+               data.get("split"))
+        seen.setdefault(key, {}).setdefault(data["lists_sha256"], []).append((run["dir"], data))
+    problems = []
+    for (setting, dataset, split), by_hash in seen.items():
+        if len(by_hash) < 2:
+            continue
+        used = []
+        for sha, found in by_hash.items():
+            dirs, data = [d for d, _ in found], found[0][1]
+            used.append(f"{'runs' if len(dirs) > 1 else 'run'} {', '.join(dirs)} used lists "
+                        f"{sha[:12]} ({data.get('images')} images, {data.get('identities')} ids)")
+        where = f"{dataset}" + (f" split {split}" if split is not None else "")
+        problems.append(f"setting {' '.join(setting) or '(defaults)'} ({where}): "
+                        + "; ".join(used))
+    if problems:
+        raise InputError(
+            "cannot average runs measured on different test lists: " + " | ".join(problems)
+            + ". The test lists changed between runs (e.g. a split file was edited): restore "
+            f"the lists and re-run the runs that used the others, or move those runs out of "
+            f"{root} to summarise the rest.")
+
+
 def summarize_sweep(sweep_dir: str | os.PathLike,
                     group_out: tuple[str, ...] = ("dataset.trial", "seed")) -> dict:
     """Groups runs into settings and aggregates their metrics over the trial axis.
@@ -216,15 +261,20 @@ def summarize_sweep(sweep_dir: str | os.PathLike,
         ``std`` (ddof=0) over runs of each run's mean metrics), the ``failed``/``interrupted``/
         ``incomplete`` runs with dir, trial and error, the ``not_run`` jobs with job number
         and trial, and the ``not_tested`` runs (ok, finished without a test) with dir and trial.
+
+    Raises:
+        InputError: No runs, or runs of one setting measured on different test lists
+            (:func:`check_test_lists`).
     """
     root = Path(sweep_dir)
     runs, plan = _runs(root), read_plan(root)
     if not runs and not plan:
         raise _no_runs(root)
     runs += _not_run(runs, plan or [])
+    check_test_lists(runs, group_out, root)
     settings: dict[tuple, dict] = {}
     for run in runs:
-        ovs = sorted(o for o in run["overrides"] if _split(o)[0] not in group_out)
+        ovs = list(_setting_key(run["overrides"], group_out))
         s = settings.setdefault(tuple(ovs), {
             "overrides": ovs, "counts": dict.fromkeys(STATUSES, 0), "results": {},
             **{k: [] for k in STATUSES if k != "ok"}, "not_tested": []})

@@ -23,17 +23,20 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tskd.checkpoint import build_module, load_checkpoint
+from tskd.checkpoint import build_module, load_checkpoint, require_contents
 from tskd.config_check import check_dataset, check_eval_config, check_train_config
 from tskd.data import registry
 from tskd.data.datamodule import ReIDDataModule, resolve_num_workers
 from tskd.errors import CheckpointError, DatasetError
+from tskd.files import check_output_folders
 from tskd.models.components.pretrained import require_weights
 from tskd.models.epoch_passes import epoch_pass_callbacks
 from tskd.models.protocol_evaluation import ProtocolEvaluation
+from tskd.models.pseudo_label_pass import PseudoLabelPass
+from tskd.models.supervision_monitor import SupervisionMonitor
 from tskd.models.tskd_module import TSKDModule
 from tskd.resolvers import literal_config
-from tskd.results import format_table, write_metrics_json
+from tskd.results import describe_test_data, format_table, write_metrics_json
 from tskd.trainer import build_trainer, device_settings
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,32 @@ def build_datamodule(cfg: DictConfig, dataset: DictConfig | dict | None = None, 
     return ReIDDataModule(**kw)
 
 
+def supervision_trainer_settings(settings: dict, supervision: dict) -> dict:
+    """Trainer settings weak supervision adds: its pre-training epochs come on top of
+    ``trainer.max_epochs`` (the main run keeps its schedule), and the training loader is rebuilt
+    every epoch so its sampler sees the new pseudo-labels and the epoch length follows the
+    labelled images. Nothing for full and noisy labels."""
+    if supervision["name"] != "weak":
+        return {}
+    return {"max_epochs": settings["max_epochs"] + supervision["pretrain_epochs"],
+            "reload_dataloaders_every_n_epochs": 1}
+
+
+def supervision_callbacks(dm: ReIDDataModule, supervision: dict, confidence_pass,
+                          out: Path, gmm) -> list[pl.Callback]:
+    """The pseudo-label pass and the diagnostics of a noisy or weak run (none for full).
+
+    They come after the per-epoch passes: the prototype pass replays the epoch's slots under
+    the labels they were drawn with, so new pseudo-labels are made only after it.
+    """
+    if supervision["name"] == "full":
+        return []
+    monitor = SupervisionMonitor(dm, out, confidence_pass,
+                                 labelled_weight_one=supervision["labelled_weight_one"],
+                                 plot_epochs=supervision["plot_epochs"], gmm=_plain(gmm))
+    return [PseudoLabelPass(dm, supervision["refresh_every"]), monitor]
+
+
 def write_run_info(out: Path) -> None:
     """The git revision and versions a run used, beside Hydra's saved config."""
     info = {"command": sys.argv, "python": platform.python_version(),
@@ -124,10 +153,12 @@ def _report(cfg: DictConfig, trainer: pl.Trainer, summaries: list[dict], out: Pa
     options = {"flip": bool(cfg.eval.flip), "rerank": bool(cfg.eval.rerank)}
     if not trainer.is_global_zero:
         return {}
-    # provenance: which model and inputs produced the numbers (issue 11)
+    # provenance: which model and inputs produced the numbers (issue 11), and on which test
+    # lists (issue 20: counts, identities, hash)
+    test_data = describe_test_data(dm.protocol, dm.root)
     result = write_metrics_json(out / "metrics.json", summaries, dm.settings[0], options,
-                                extra=provenance)
-    print(format_table(summaries, options))  # the entry point's output, rank 0 only
+                                extra={**provenance, "test_data": test_data})
+    print(format_table(summaries, options, test_data))  # the entry point's output, rank 0 only
     return result
 
 
@@ -141,11 +172,12 @@ def _is_local_zero() -> bool:
 RESUME_MUST_MATCH = (
     "seed", "dataset.name", "dataset.img_h", "dataset.img_w", "dataset.synthetic", "model",
     "loss", "optim", "data.num_ids", "data.num_pos", "data.pad", "data.erasing_p", "data.gray_p",
-    "data.gray_draw", "data.channel_exchange",
+    "data.gray_draw", "data.channel_exchange", "supervision",
 )
 # model.pretrained only sets the weights before the first step; a resume replaces them all.
 # model.compile (torch.compile) changes how the same network runs, not what it learns.
-RESUME_MAY_DIFFER = ("model.pretrained", "model.compile")
+# supervision.plot_epochs only draws figures.
+RESUME_MAY_DIFFER = ("model.pretrained", "model.compile", "supervision.plot_epochs")
 _ABSENT = object()  # a key the config or the checkpoint does not have
 
 
@@ -255,6 +287,7 @@ def train(cfg: DictConfig) -> dict:
     hand (a run without network access stops in seconds, not after the caches are built).
     """
     check_train_config(cfg)
+    check_output_folders(cfg)  # a run must not train an epoch and then fail to save it
     resumed = load_checkpoint(cfg.ckpt) if cfg.ckpt else None
     if resumed is not None:
         check_resume(cfg, resumed, cfg.ckpt)
@@ -265,7 +298,9 @@ def train(cfg: DictConfig) -> dict:
         log.info("run dir: %s", out)
     pl.seed_everything(cfg.seed, workers=True)
     settings = device_settings(_plain(cfg.trainer))
-    dm = build_datamodule(cfg, devices=local_devices(settings))
+    supervision = _plain(cfg.supervision)
+    settings.update(supervision_trainer_settings(settings, supervision))
+    dm = build_datamodule(cfg, devices=local_devices(settings), supervision=supervision)
     if resumed is not None:
         check_resume_data(dm, resumed, cfg.ckpt)
     if _is_local_zero():
@@ -279,13 +314,17 @@ def train(cfg: DictConfig) -> dict:
         eval={k: cfg.eval[k] for k in ("flip", "rerank")},
         channels_last=settings["channels_last"],
         config=_plain(cfg),
+        supervision=supervision,
     )
     if cfg.dataset.synthetic is None and not cfg.model.pretrained:
         log.warning("training on real data from random init (model.pretrained=false); the "
                     "paper's numbers need ImageNet weights: model.pretrained=true or a file path")
     evaluation = ProtocolEvaluation(dm.protocol, rerank=bool(cfg.eval.rerank))
+    passes = epoch_pass_callbacks(dm)
     trainer = build_trainer(cfg, training=True, settings=settings,
-                            components=[*epoch_pass_callbacks(dm), evaluation])
+                            components=[*passes, *supervision_callbacks(dm, supervision, passes[0],
+                                                                        out, cfg.loss.gmm),
+                                        evaluation])
     trainer.fit(model, datamodule=dm, ckpt_path=cfg.ckpt, weights_only=True)
     if not cfg.test_after_training:
         return {}
@@ -351,7 +390,7 @@ def eval_dataset(cfg: DictConfig, ckpt: dict, overrides: list[str] | None = None
             callers may omit it, non-null ``dataset.*`` values count as given.
     """
     overrides = list(overrides or [])
-    meta = ckpt["tskd"]
+    meta = require_contents(ckpt, cfg.ckpt)
     if overridden(overrides, "model.backbone") and cfg.model.backbone != meta["backbone"]:
         raise CheckpointError(
             f"checkpoint {cfg.ckpt} holds a {meta['backbone']} but model.backbone="

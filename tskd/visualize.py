@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tskd.data import registry
 from tskd.data.protocol import INFRARED, MODALITY_NAMES, VISIBLE, DatasetProtocol
 from tskd.errors import ConfigError, DatasetError
+from tskd.files import folder_problem
 from tskd.metrics.functional import per_query, ranked_order, removed_mask
 
 log = logging.getLogger(__name__)
@@ -293,9 +295,23 @@ def _check_options(cfg: DictConfig, how) -> None:
         problems.append(f"vis.feature={vis.feature!r} (use fc or pool)")
     if not (how in ("worst", "random") or isinstance(how, list)):
         problems.append(f"vis.queries={how!r} (use worst, random or a list like [0,12,40])")
-    for key in ("num_queries", "topk", "scale"):
-        if not vis[key] > 0:
-            problems.append(f"vis.{key}={vis[key]} (must be > 0)")
+    for key in ("num_queries", "topk"):
+        value = vis[key]
+        if not isinstance(value, int) or isinstance(value, bool):
+            problems.append(f"vis.{key}={value!r} (must be a whole number > 0)")
+        elif value <= 0:
+            problems.append(f"vis.{key}={value} (must be > 0)")
+    scale = vis.scale
+    if not isinstance(scale, int | float) or isinstance(scale, bool) or not math.isfinite(scale):
+        problems.append(f"vis.scale={scale!r} (must be a finite number > 0)")
+    elif scale <= 0:
+        problems.append(f"vis.scale={scale} (must be > 0)")
+    if vis.out_dir is not None:
+        why = folder_problem(vis.out_dir)
+        if why is not None:
+            what = why[3:] if why.startswith("it is") else f"cannot be written ({why})"
+            problems.append(f"vis.out_dir={vis.out_dir} {what} (use a folder you can write, "
+                            "or null for <run dir>/ranked_lists)")
     if problems:
         raise ConfigError("bad ranked-list options: " + "; ".join(problems) + ".")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
@@ -368,3 +370,93 @@ def test_two_builds_of_one_cache_do_not_collide(images, tmp_path, monkeypatch, c
     with caplog.at_level(logging.INFO, logger="tskd.data.cache"):
         cached_images(images, cfile, SIZE)
     assert "reusing cache" in caplog.text
+
+
+# --- the cache proves its content (issue 20) ----------------------------------------------
+def _block_tree_sha256(cfile) -> str:
+    """Independent reference: SHA-256 of the SHA-256s of the array data's 64 MiB blocks."""
+    data = np.load(cfile).tobytes()
+    block = 64 << 20
+    parts = [hashlib.sha256(data[i:i + block]).digest() for i in range(0, len(data), block)]
+    return hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+def test_manifest_records_the_array_hash_and_a_changed_array_is_rebuilt(images, tmp_path,
+                                                                         caplog):
+    cfile = tmp_path / "c.npy"
+    cached_images(images, cfile, SIZE)
+    manifest = json.loads(manifest_path(cfile).read_text())
+    assert manifest["array_sha256"] == _block_tree_sha256(cfile)
+    # zeroed in place, modification time put back: the hash sees it, the cache is rebuilt
+    st = os.stat(cfile)
+    arr = np.load(cfile, mmap_mode="r+")
+    arr[1] = 0
+    arr.flush()
+    del arr
+    os.utime(cfile, ns=(st.st_atime_ns, st.st_mtime_ns))
+    arr, text = _rebuild_log(caplog, images, cfile)
+    assert "array content changed since it was built" in text
+    np.testing.assert_array_equal(arr[1], _reference(images[1], SIZE))
+    _, text = _rebuild_log(caplog, images, cfile)
+    assert "reusing cache" in text
+
+
+def test_source_rewritten_with_same_size_and_mtime_is_rebuilt(tmp_path, caplog):
+    """cp -p, rsync -a and tar x keep mtimes: the fingerprint reads each file's bytes too."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    paths = []
+    for i in range(3):  # BMP: the same size for any pixels of one shape
+        paths.append(str(folder / f"{i}.bmp"))
+        Image.fromarray(np.full((30, 20, 3), 40 * i, np.uint8)).save(paths[-1])
+    cfile = tmp_path / "c.npy"
+    cached_images(paths, cfile, SIZE)
+    st = os.stat(paths[1])
+    Image.fromarray(np.full((30, 20, 3), 222, np.uint8)).save(paths[1])
+    os.utime(paths[1], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(paths[1]).st_size == st.st_size
+    arr, text = _rebuild_log(caplog, paths, cfile)
+    assert "sources changed" in text
+    np.testing.assert_array_equal(arr[1], np.full((*SIZE, 3), 222, np.uint8))
+
+
+def test_full_disk_is_found_before_decoding(images, tmp_path, monkeypatch):
+    """The array's space is reserved first (posix_fallocate): a full disk is an error naming
+    the folder and the fix, not a SIGBUS while the memory map is written."""
+    cfile = tmp_path / "cache" / "c.npy"
+    decoded = []
+    real_load = cache.load_image
+    monkeypatch.setattr(cache, "load_image", lambda p, size: decoded.append(p) or
+                        real_load(p, size))
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache.os, "posix_fallocate", full, raising=False)
+    with pytest.raises(DatasetError) as err:
+        cached_images(images, cfile, SIZE)
+    msg = str(err.value)
+    assert f"not enough space for the image cache {cfile}" in msg and "dataset.cache_dir" in msg
+    assert "No space left on device" in msg and "needs" in msg
+    assert decoded == [] and sorted(p.name for p in cfile.parent.iterdir()) == []
+    # a filesystem that cannot reserve (no fallocate): the build goes on without it
+    monkeypatch.setattr(cache.os, "posix_fallocate", lambda *a: (_ for _ in ()).throw(
+        OSError(errno.EOPNOTSUPP, "Operation not supported")), raising=False)
+    arr = cached_images(images, cfile, SIZE)
+    np.testing.assert_array_equal(arr[0], _reference(images[0], SIZE))
+
+
+def test_non_utf8_image_name_is_refused_before_decoding(images, tmp_path, monkeypatch):
+    cfile = tmp_path / "c.npy"
+    cached_images(images, cfile, SIZE)
+    manifest = manifest_path(cfile).read_bytes()
+    odd = os.fsencode(tmp_path / "src") + b"/caf\xe9.png"  # a Latin-1 name
+    with open(odd, "wb") as fh:
+        fh.write(open(images[0], "rb").read())
+    decoded = []
+    monkeypatch.setattr(cache, "load_image", lambda p, size: decoded.append(p))
+    with pytest.raises(DatasetError) as err:
+        cached_images([*images, os.fsdecode(odd)], cfile, SIZE)
+    msg = str(err.value)
+    assert repr(odd) in msg and "not valid UTF-8" in msg and "rename" in msg
+    assert decoded == [] and manifest_path(cfile).read_bytes() == manifest

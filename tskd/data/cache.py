@@ -5,12 +5,21 @@ built once into a ``.npy`` file and every later run (and every DataLoader worker
 read-only: pages are shared by the OS instead of copied per process.
 
 A manifest JSON beside the array (same name, ``.json`` suffix) records the format version, the
-image size, the file list and a fingerprint of the sources (size + mtime of every file). The cache
-is reused only when all of these match; otherwise it is rebuilt and the reason is logged. The
-array is written to a temporary file and renamed into place, and the manifest is written last,
-so an interrupted build never looks valid. A build removes its own temporaries when it fails,
-and the temporaries that killed builds of the same cache left behind when it starts (see
-:func:`remove_stale_temporaries`).
+image size, the file list, a fingerprint of the sources (:func:`fingerprint`: size, mtime and the
+first and last 4 KiB of every file, so a file rewritten with its mtime put back -- ``cp -p``,
+``rsync -a``, ``tar x`` -- is seen) and a hash of the array's content (:func:`array_digest`),
+checked whenever the cache is opened, so an array changed on disk is never used. The cache is
+reused only when all of these match; otherwise it is rebuilt and the reason is logged. Hashing
+reads the array once (its 64 MiB blocks in parallel threads), far less work than decoding the
+images (``benchmarks/cache_hash.py`` measures the ratio); within one process an array is hashed
+once. The array is written to a temporary file and renamed into place, and the manifest is
+written last, so an interrupted build never looks valid. A build removes its own temporaries
+when it fails, and the temporaries that killed builds of the same cache left behind when it
+starts (see :func:`remove_stale_temporaries`).
+
+Before decoding, a build checks that every file name is UTF-8 and reserves the array's space
+on disk (``posix_fallocate``): a full disk is an error naming the folder, not a SIGBUS while the
+memory map is written.
 
 Images with 16-bit (or wider integer) samples, such as radiometric thermal PNG/TIFF frames, are
 scaled to 8 bits by their range instead of being clipped to white (see :func:`to_rgb`).
@@ -19,7 +28,6 @@ scaled to 8 bits by their range instead of being clipped to white (see :func:`to
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -35,11 +43,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from tskd.data.cache_integrity import array_digest, fingerprint, reserve_space
+from tskd.data.layout import require_utf8_name
 from tskd.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: the manifest holds the array's hash, the fingerprint each file's first and last bytes.
+FORMAT_VERSION = 2
+
 # Names used by the AGW/DDAG/CAJ code family for preprocessed SYSU training arrays.
 STANDARD_FILES = {
     "visible": ("train_rgb_resized_img.npy", "train_rgb_resized_label.npy"),
@@ -116,24 +128,6 @@ def load_image(path: str | os.PathLike, size: tuple[int, int] = (288, 144)) -> n
         ) from err
 
 
-def fingerprint(paths: Sequence[str]) -> str:
-    """Hash of (path, byte size, mtime_ns) of every source file: changes when any file does.
-
-    Raises:
-        DatasetError: A listed file does not exist.
-    """
-    digest = hashlib.sha256()
-    for p in paths:
-        try:
-            st = os.stat(p)
-        except OSError as err:
-            raise DatasetError(
-                f"image {p} is listed but cannot be accessed ({err}); check dataset.root"
-            ) from err
-        digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
 def manifest_path(cache_file: str | os.PathLike) -> Path:
     """The manifest JSON that belongs to ``cache_file``."""
     return Path(cache_file).with_suffix(".json")
@@ -155,7 +149,7 @@ def _stale_reason(cache_file: Path, size: tuple[int, int], paths: list[str]) -> 
     if manifest.get("files") != paths:
         return f"file list changed ({len(manifest.get('files', []))} -> {len(paths)} files)"
     if manifest.get("fingerprint") != fingerprint(paths):
-        return "sources changed (a file's size or modification time differs)"
+        return "sources changed (a file's size, modification time or bytes differ)"
     try:
         arr = np.load(cache_file, mmap_mode="r")
     except (OSError, ValueError) as err:
@@ -163,6 +157,11 @@ def _stale_reason(cache_file: Path, size: tuple[int, int], paths: list[str]) -> 
     expected = (len(paths), size[0], size[1], 3)
     if arr.dtype != np.uint8 or arr.shape != expected:
         return f"array damaged (shape {arr.shape} {arr.dtype}, expected {expected} uint8)"
+    try:
+        if manifest.get("array_sha256") != array_digest(cache_file):
+            return "array content changed since it was built (its hash differs)"
+    except (OSError, ValueError) as err:
+        return f"array damaged ({err})"
     return None
 
 
@@ -283,6 +282,7 @@ def _build(cache_file: Path, size: tuple[int, int], paths: list[str], desc: str,
             out = np.lib.format.open_memmap(
                 tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size[0], size[1], 3)
             )
+            reserve_space(tmp, cache_file)
         except OSError as err:
             raise DatasetError(unwritable.format(err)) from err
         load = functools.partial(load_image, size=size)
@@ -300,7 +300,8 @@ def _build(cache_file: Path, size: tuple[int, int], paths: list[str], desc: str,
         out.flush()
         del out
         manifest = {"version": FORMAT_VERSION, "size": list(size), "count": len(paths),
-                    "fingerprint": fingerprint(paths), "files": paths}
+                    "fingerprint": fingerprint(paths), "array_sha256": array_digest(tmp),
+                    "files": paths}
         try:
             os.replace(tmp, cache_file)
             tmp_manifest.write_text(json.dumps(manifest))
@@ -334,6 +335,8 @@ def cached_images(paths: Sequence[str | os.PathLike], cache_file: str | os.PathL
     size = (int(size[0]), int(size[1]))
     if not paths:
         raise DatasetError(f"no {desc} to cache into {cache_file}; check dataset.root")
+    for p in paths:  # before any decoding: the manifest stores the names as UTF-8
+        require_utf8_name(p)
     cache_file = Path(cache_file)
     reason = _stale_reason(cache_file, size, paths)
     if reason is None:

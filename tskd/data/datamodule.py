@@ -40,6 +40,7 @@ from tskd.data.samplers import CrossModalityIdentitySampler, FreshDrawBatches
 from tskd.data.synthetic import ensure_synthetic
 from tskd.data.transforms import TrainTransform
 from tskd.errors import DatasetError
+from tskd.supervision.labels import training_labels
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,8 @@ class ReIDDataModule(pl.LightningDataModule):
             still read (for the class count a checkpoint must match) but their images are never
             cached, which at SYSU-MM01 scale saves ~4 GB of disk and minutes. A shared cache of
             every split (RegDB) holds the test images, so it is built either way.
+        supervision: The ``supervision`` settings (configs/supervision): which training labels
+            the passes serve (:mod:`tskd.supervision.labels`). None: ``full``.
     """
 
     def __init__(
@@ -151,6 +154,7 @@ class ReIDDataModule(pl.LightningDataModule):
         gray_draw: str = "caj",
         channel_exchange: bool = True,
         test_only: bool = False,
+        supervision: dict | None = None,
     ) -> None:
         super().__init__()
         self.spec = registry.get(name)
@@ -167,6 +171,7 @@ class ReIDDataModule(pl.LightningDataModule):
             gray_draw=gray_draw, channel_exchange=channel_exchange,
         )
         self.test_only = bool(test_only)
+        self.supervision = dict(supervision) if supervision else None
         self._ready = self._prepared = False
         self._lists: tuple[list, list] | None = None  # read once: resume/eval checks, then setup
         self._test: tuple[list, list] | None = None
@@ -253,7 +258,13 @@ class ReIDDataModule(pl.LightningDataModule):
         if build_only:
             return
         self.train_visible, self.train_infrared = vis, ir
-        self.visible_labels, self.infrared_labels = vis_labels, ir_labels
+        self.num_classes = int(vis_labels.max()) + 1  # identities of the dataset, not of a draw
+        # What training reads: the ground truth, a noise draw, or the labelled split (weak).
+        self.labels = training_labels(
+            self.supervision, vis_labels, ir_labels, dataset=self.name, trial=self.trial,
+            cache_dir=self.cache_dir,
+            every_identity_survives=self.spec.noise_keeps_every_identity)
+        self.visible_labels, self.infrared_labels = self.labels.visible, self.labels.infrared
         self.visible_images, self.infrared_images = vis_images, ir_images
         self.test_images = test_images
         self.protocol = self._protocol(test, modality)
@@ -271,11 +282,23 @@ class ReIDDataModule(pl.LightningDataModule):
             modality=np.array(modality), searches=searches,
         )
 
-    # ------------------------------------------------------------------------ properties
-    @property
-    def num_classes(self) -> int:
-        return int(self.visible_labels.max()) + 1
+    # ------------------------------------------------------------- supervision state
+    def state_dict(self) -> dict:
+        """Noisy/weak runs: the training labels (pseudo-labels included), for an exact resume."""
+        if self.supervision is None or self.labels.mode == "full":
+            return {}  # nothing to restore: a full run's checkpoints stay as they were
+        return {"labels": self.labels.state_dict()}
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Lightning's resume: refuses another draw or split, restores pseudo-labels."""
+        if "labels" in state_dict:
+            self.labels.load_state_dict(state_dict["labels"])
+
+    def set_pseudo_labels(self, visible: np.ndarray, infrared: np.ndarray, epoch: int) -> None:
+        """New pseudo-labels at the unlabelled rows (the loaders of the next epoch read them)."""
+        self.labels.set_pseudo_labels(visible, infrared, epoch)
+
+    # ------------------------------------------------------------------------ properties
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
         if trainer is None:
@@ -296,6 +319,7 @@ class ReIDDataModule(pl.LightningDataModule):
         return CrossModalityIdentitySampler(
             self.visible_labels, self.infrared_labels, num_ids=self.num_ids,
             num_pos=self.num_pos, seed=self.seed, rank=rank, world_size=world,
+            paired_only=self.labels.needs_pairing,
         )
 
     def _train_set(self) -> CrossModalityTrainSet:
@@ -347,6 +371,18 @@ class ReIDDataModule(pl.LightningDataModule):
         images, labels = ((self.visible_images, self.visible_labels) if modality == VISIBLE
                           else (self.infrared_images, self.infrared_labels))
         rows = np.arange(rank, len(labels), world)
+        subset = torch.utils.data.Subset(CachedImageSet(images, labels), rows.tolist())
+        return self._loader(subset, self.test_batch_size, shuffle=False)
+
+    def unlabelled_dataloader(self, modality: int) -> DataLoader:
+        """Un-augmented unlabelled training images of one modality (weak), this rank's stride.
+
+        Items ``(x, label, row)``; the pseudo-label pass predicts a label for each row.
+        """
+        rank, world = self._rank_world()
+        images, labels = ((self.visible_images, self.visible_labels) if modality == VISIBLE
+                          else (self.infrared_images, self.infrared_labels))
+        rows = self.labels.unlabelled(modality)[rank::world]
         subset = torch.utils.data.Subset(CachedImageSet(images, labels), rows.tolist())
         return self._loader(subset, self.test_batch_size, shuffle=False)
 

@@ -48,7 +48,7 @@ import os
 import random
 from pathlib import Path
 
-from tskd.data.layout import CAM_DIR, require_folders, sorted_images
+from tskd.data.layout import CAM_DIR, list_lines, require_folders, sorted_images
 from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Record, Search, indices_of
 from tskd.errors import DatasetError
 
@@ -97,21 +97,20 @@ def read_test_ids(root: str | os.PathLike) -> list[int]:
         )
     ids: list[int] = []
     lines_with_ids = 0
-    with open(file, encoding="utf-8-sig") as fh:
-        for number, raw in enumerate(fh, start=1):
-            tokens = [t.strip() for t in raw.strip().split(",")]
-            if tokens[-1] == "":  # tolerate a trailing comma (and blank lines)
-                tokens.pop()
-            if tokens:
-                lines_with_ids += 1
-            for token in tokens:
-                if not (token.isascii() and token.isdigit()):
-                    raise DatasetError(
-                        f"LLCM split file {file}, line {number}: token {token!r} is not a "
-                        f"non-negative integer (line: {raw.strip()[:120]!r}). The file must hold "
-                        "comma-separated ids; fix or restore it."
-                    )
-                ids.append(int(token))
+    for number, raw in enumerate(list_lines(file, "LLCM split file"), start=1):
+        tokens = [t.strip() for t in raw.strip().split(",")]
+        if tokens[-1] == "":  # tolerate a trailing comma (and blank lines)
+            tokens.pop()
+        if tokens:
+            lines_with_ids += 1
+        for token in tokens:
+            if not (token.isascii() and token.isdigit()):
+                raise DatasetError(
+                    f"LLCM split file {file}, line {number}: token {token!r} is not a "
+                    f"non-negative integer (line: {raw.strip()[:120]!r}). The file must hold "
+                    "comma-separated ids; fix or restore it."
+                )
+            ids.append(int(token))
     if not ids:
         raise DatasetError(
             f"LLCM split file {file} lists no id: it must hold the test ids, comma-separated "
@@ -296,38 +295,37 @@ def read_train_file(root: str | os.PathLike, modality: str) -> list[Record]:
         )
     records: list[Record] = []
     first_line: dict[str, int] = {}
-    with open(file, encoding="utf-8-sig") as fh:
-        for number, raw in enumerate(fh, start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            fields = line.rsplit(maxsplit=1)  # the path is everything before the last field
-            label = fields[-1]
-            if len(fields) != 2 or not (label.isascii() and label.isdigit()):
-                raise DatasetError(
-                    f"LLCM training list {file}, line {number}: {line[:120]!r} is malformed; "
-                    "expected 'relative/path label' with a non-negative integer label (e.g. "
-                    "'nir/cam1/0001/0001.jpg 0'). Fix or restore the file."
-                )
-            rel = fields[0]
-            if os.path.isabs(rel) or ".." in Path(rel).parts:
-                raise DatasetError(
-                    f"LLCM training list {file}, line {number}: {rel!r} must be a path relative "
-                    "to the dataset root without '..'. Restore the file from the archive."
-                )
-            if rel in first_line:
-                raise DatasetError(
-                    f"LLCM training list {file}, line {number} repeats {rel!r} (first on line "
-                    f"{first_line[rel]}); list each image once."
-                )
-            first_line[rel] = number
-            path = os.path.join(root, rel)
-            if not os.path.isfile(path):
-                raise DatasetError(
-                    f"LLCM training list {file}, line {number} lists {path}, which does not "
-                    "exist. Restore the image or check dataset.root."
-                )
-            records.append((path, int(label), _train_camera(rel)))
+    for number, raw in enumerate(list_lines(file, "LLCM training list"), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        fields = line.rsplit(maxsplit=1)  # the path is everything before the last field
+        label = fields[-1]
+        if len(fields) != 2 or not (label.isascii() and label.isdigit()):
+            raise DatasetError(
+                f"LLCM training list {file}, line {number}: {line[:120]!r} is malformed; "
+                "expected 'relative/path label' with a non-negative integer label (e.g. "
+                "'nir/cam1/0001/0001.jpg 0'). Fix or restore the file."
+            )
+        rel = fields[0]
+        if os.path.isabs(rel) or ".." in Path(rel).parts:
+            raise DatasetError(
+                f"LLCM training list {file}, line {number}: {rel!r} must be a path relative "
+                "to the dataset root without '..'. Restore the file from the archive."
+            )
+        if rel in first_line:
+            raise DatasetError(
+                f"LLCM training list {file}, line {number} repeats {rel!r} (first on line "
+                f"{first_line[rel]}); list each image once."
+            )
+        first_line[rel] = number
+        path = os.path.join(root, rel)
+        if not os.path.isfile(path):
+            raise DatasetError(
+                f"LLCM training list {file}, line {number} lists {path}, which does not "
+                "exist. Restore the image or check dataset.root."
+            )
+        records.append((path, int(label), _train_camera(rel)))
     if not records:
         raise DatasetError(f"LLCM training list {file} lists no image; restore it.")
     return records

@@ -123,6 +123,8 @@ class DatasetProtocol:
             cache per list.
         prebuilt_train_arrays: ``(root, size, visible labels, infrared labels)`` -> (visible,
             infrared) arrays another codebase already wrote, or None; None: no such files.
+        noise_keeps_every_identity: ``supervision=noisy``: redraw the noise until every
+            identity keeps a label in each modality (DART does this for RegDB only).
         title: The dataset's name in messages (e.g. ``"SYSU-MM01"``).
         notes: ``setting -> note`` printed under the results table (what a setting really
             computes where its name alone would mislead).
@@ -142,6 +144,7 @@ class DatasetProtocol:
     searches: Callable[..., list[Search]]
     shared_cache_paths: Callable[[str], list[str]] | None = None
     prebuilt_train_arrays: Callable | None = None
+    noise_keeps_every_identity: bool = False
     title: str = ""
     notes: dict = field(default_factory=dict)
 

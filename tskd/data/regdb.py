@@ -30,7 +30,7 @@ from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
-from tskd.data.layout import require_folders
+from tskd.data.layout import list_lines, require_folders
 from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Record, Search
 from tskd.errors import DatasetError
 
@@ -143,36 +143,35 @@ def read_idx(
     folder = MODALITY_FOLDERS[modality]
     records: list[tuple[str, int]] = []
     first_line: dict[str, int] = {}  # normalised relative path -> line that listed it
-    # utf-8-sig drops a byte-order mark (Windows editors add one), which would otherwise be glued
+    # read_list drops a byte-order mark (Windows editors add one), which would otherwise be glued
     # to the first path and make it "not exist" with an invisible character.
-    with open(file, encoding="utf-8-sig") as fh:
-        for number, raw in enumerate(fh, start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            fields = line.rsplit(maxsplit=1)  # the path is everything before the last field
-            label = fields[-1]
-            if len(fields) != 2 or not (label.isascii() and label.lstrip("-").isdigit()):
-                raise DatasetError(
-                    f"RegDB split file {file}, line {number}: {line[:120]!r} is malformed; "
-                    "expected 'relative/path label' (e.g. 'Visible/12/img.bmp 3'). Fix or "
-                    "restore the file."
-                )
-            key = _relative_key(file, number, fields[0], modality, folder)
-            if key in first_line:
-                raise DatasetError(
-                    f"RegDB split file {file}, line {number}: {fields[0]!r} repeats line "
-                    f"{first_line[key]}; every image is listed once (a repeat counts it twice in "
-                    "training or in the gallery). Delete the repeated line or restore the file."
-                )
-            first_line[key] = number
-            path = os.path.join(root, fields[0])
-            if not os.path.isfile(path):
-                raise DatasetError(
-                    f"RegDB split file {file}, line {number} lists {path}, which does not exist. "
-                    "Restore the image or check dataset.root."
-                )
-            records.append((path, int(label)))
+    for number, raw in enumerate(list_lines(file, "RegDB split file"), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        fields = line.rsplit(maxsplit=1)  # the path is everything before the last field
+        label = fields[-1]
+        if len(fields) != 2 or not (label.isascii() and label.lstrip("-").isdigit()):
+            raise DatasetError(
+                f"RegDB split file {file}, line {number}: {line[:120]!r} is malformed; "
+                "expected 'relative/path label' (e.g. 'Visible/12/img.bmp 3'). Fix or "
+                "restore the file."
+            )
+        key = _relative_key(file, number, fields[0], modality, folder)
+        if key in first_line:
+            raise DatasetError(
+                f"RegDB split file {file}, line {number}: {fields[0]!r} repeats line "
+                f"{first_line[key]}; every image is listed once (a repeat counts it twice in "
+                "training or in the gallery). Delete the repeated line or restore the file."
+            )
+        first_line[key] = number
+        path = os.path.join(root, fields[0])
+        if not os.path.isfile(path):
+            raise DatasetError(
+                f"RegDB split file {file}, line {number} lists {path}, which does not exist. "
+                "Restore the image or check dataset.root."
+            )
+        records.append((path, int(label)))
     if not records:
         raise DatasetError(f"RegDB split file {file} lists no image; restore it.")
     return records
@@ -293,4 +292,5 @@ PROTOCOL = DatasetProtocol(
     test_records=_test_records,
     searches=_searches,
     shared_cache_paths=listed_paths,  # the ten splits of a sweep share one cache
+    noise_keeps_every_identity=True,  # DART's RegDB rule: ten images per identity and modality
 )

@@ -31,10 +31,16 @@ Slot = tuple[int, int, int]
 
 def _group(labels: np.ndarray, n_ids: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row indices sorted by label, each label's start offset and count."""
-    rows = np.argsort(labels, kind="stable")
-    counts = np.bincount(labels, minlength=n_ids)
+    return _group_rows(labels, np.arange(len(labels)), n_ids)
+
+
+def _group_rows(labels: np.ndarray, rows: np.ndarray, n_ids: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_group` over the given ``rows`` only (their labels are >= 0)."""
+    order = rows[np.argsort(labels[rows], kind="stable")]
+    counts = np.bincount(labels[rows], minlength=n_ids)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    return rows, starts, counts
+    return order, starts, counts
 
 
 def _as_labels(labels: Sequence[int] | np.ndarray, name: str) -> np.ndarray:
@@ -56,15 +62,20 @@ class CrossModalityIdentitySampler(Sampler[list[Slot]]):
         seed: Base seed; the stream of an epoch depends only on (seed, epoch, world_size).
         rank: This process's rank.
         world_size: Number of ranks.
+        paired_only: Noisy or weak labels (``supervision``): draw only the identities that
+            have labelled rows in both modalities, skip rows labelled -1 (not labelled yet),
+            and base the epoch length on the labelled rows. False: every identity 0..n-1 must
+            have both modalities (a clean split), as before.
 
     Raises:
         DatasetError: Labels are not 0..n-1, an identity lacks one modality, or there are
-            fewer than P*world_size identities.
+            fewer than P*world_size identities (with ``paired_only``: identities in both).
     """
 
     def __init__(self, visible_labels: Sequence[int] | np.ndarray,
                  infrared_labels: Sequence[int] | np.ndarray, num_ids: int = 8,
-                 num_pos: int = 4, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+                 num_pos: int = 4, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 paired_only: bool = False) -> None:
         super().__init__()
         vis = _as_labels(visible_labels, "visible")
         ir = _as_labels(infrared_labels, "infrared")
@@ -72,6 +83,13 @@ class CrossModalityIdentitySampler(Sampler[list[Slot]]):
             raise DatasetError(f"data.num_ids={num_ids} and data.num_pos={num_pos} must be >= 1")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..world_size-1 (world_size={world_size})")
+        self.num_ids, self.num_pos = num_ids, num_pos
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+        self.eligible: np.ndarray | None = None  # None: every identity 0..n-1 is drawn
+        if paired_only:
+            self._group_paired(vis, ir)
+            return
         present = np.union1d(vis, ir)
         n_ids = int(present.max()) + 1
         if present.min() < 0 or len(present) != n_ids:
@@ -90,13 +108,37 @@ class CrossModalityIdentitySampler(Sampler[list[Slot]]):
             raise DatasetError(
                 f"{n_ids} training identities cannot fill {num_ids} distinct ids x {world_size} "
                 "devices per step; lower data.num_ids or the number of devices")
-        self.num_ids, self.num_pos = num_ids, num_pos
-        self.n_ids, self.seed = n_ids, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-        n = max(len(vis), len(ir))
-        self.num_global_batches = n // (num_ids * num_pos) + 1  # G of docs/method.md
-        self.num_batches = math.ceil(self.num_global_batches / world_size)  # per rank
+        self.n_ids = n_ids
+        self._set_length(max(len(vis), len(ir)))
+
+    def _set_length(self, n: int) -> None:
+        """Epoch length from ``n`` = max(#visible, #infrared) rows the sampler may draw."""
+        self.num_global_batches = n // (self.num_ids * self.num_pos) + 1  # G of docs/method.md
+        self.num_batches = math.ceil(self.num_global_batches / self.world_size)  # per rank
+
+    def _group_paired(self, vis: np.ndarray, ir: np.ndarray) -> None:
+        """Noisy or weak labels: draw only identities that have rows in both modalities.
+
+        Label -1 marks a row with no label yet (weak supervision before its first pseudo-labels);
+        such rows are never drawn. A label class can vanish from one modality (a noisy draw, a
+        pseudo-label nobody predicts any more): that identity is skipped, nothing shifts.
+        """
+        top = int(max(vis.max(), ir.max()))
+        if top < 0:
+            raise DatasetError("no training image has a label; check supervision.label_ratio")
+        n_ids = top + 1
+        vis_known, ir_known = np.flatnonzero(vis >= 0), np.flatnonzero(ir >= 0)
+        self.vis_rows, self.vis_start, self.vis_count = _group_rows(vis, vis_known, n_ids)
+        self.ir_rows, self.ir_start, self.ir_count = _group_rows(ir, ir_known, n_ids)
+        self.eligible = np.flatnonzero((self.vis_count > 0) & (self.ir_count > 0))
+        if len(self.eligible) < self.num_ids * self.world_size:
+            raise DatasetError(
+                f"only {len(self.eligible)} identities have labelled images in both modalities; "
+                f"they cannot fill {self.num_ids} distinct ids x {self.world_size} devices per "
+                "step; lower data.num_ids or the number of devices, or raise "
+                "supervision.label_ratio")
+        self.n_ids = n_ids
+        self._set_length(max(len(vis_known), len(ir_known)))
 
     @property
     def sampler(self) -> CrossModalityIdentitySampler:
@@ -123,7 +165,12 @@ class CrossModalityIdentitySampler(Sampler[list[Slot]]):
         base = np.uint64(rng.integers(0, 2**63, dtype=np.int64))
         out = np.empty((self.num_batches, slots, 3), dtype=np.int64)
         for b in range(self.num_batches):
-            ids = rng.choice(self.n_ids, size=self.world_size * self.num_ids, replace=False)
+            if self.eligible is None:
+                ids = rng.choice(self.n_ids, size=self.world_size * self.num_ids, replace=False)
+            else:
+                pick = rng.choice(len(self.eligible), size=self.world_size * self.num_ids,
+                                  replace=False)
+                ids = self.eligible[pick]
             ids = np.repeat(ids, self.num_pos)  # (slots,): slot j -> identity ids[j // K]
             v_off = rng.integers(0, self.vis_count[ids])  # with replacement, per slot
             i_off = rng.integers(0, self.ir_count[ids])

@@ -40,7 +40,7 @@ import random
 from pathlib import Path
 
 from tskd.data.cache import standard_train_arrays
-from tskd.data.layout import require_folders, sorted_images
+from tskd.data.layout import read_list, require_folders, sorted_images
 from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Record, Search, indices_of
 from tskd.errors import DatasetError
 
@@ -87,10 +87,9 @@ def _read_id_lines(root: str | os.PathLike, split: str) -> list[tuple[int, int]]
             f"SYSU-MM01 split file {file} is missing. Restore it from the dataset archive.\n"
             f"{_LAYOUT}"
         )
-    # utf-8-sig drops a byte-order mark (Windows editors add one), which would otherwise be glued
+    # read_list drops a byte-order mark (Windows editors add one), which would otherwise be glued
     # to the first id and make it "not an integer".
-    with open(file, encoding="utf-8-sig") as fh:
-        lines = fh.read().splitlines()
+    lines = read_list(file, "SYSU-MM01 split file").splitlines()
     found: list[tuple[int, int]] = []
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()

@@ -17,17 +17,27 @@ normalisation), so the result is deterministic, which keeps all DDP ranks identi
 :func:`visible_view_confidences` is the authors' visible fit: the per-sample losses of visible
 view 1 and view 2 are min-max normalised separately, one GMM is fitted on the two concatenated,
 and each view keeps its own posterior (docs/method.md, "GMM confidences").
+
+:func:`fit_loss_mixture`, :func:`fit_visible_mixture`: the same fits, returning the mixture.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from tskd.errors import InputError, NonFiniteLossError
 
-__all__ = ["gmm_confidence", "visible_view_confidences"]
+__all__ = [
+    "MixtureFit",
+    "fit_loss_mixture",
+    "fit_visible_mixture",
+    "gmm_confidence",
+    "visible_view_confidences",
+]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 # sklearn adds 10 * float eps to each component mass so a component can never become empty
@@ -108,9 +118,9 @@ def _minmax(losses: torch.Tensor) -> torch.Tensor | None:
     return (x - lo) / (hi - lo)
 
 
-def _low_component_posterior(x: torch.Tensor, max_iter: int, tol: float,
-                             reg_covar: float) -> torch.Tensor:
-    """EM fit of a 2-GMM on float64 x in [0, 1] -> posterior of the lower-mean component."""
+def _fit_em(x: torch.Tensor, max_iter: int, tol: float, reg_covar: float
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EM fit of a 2-GMM on float64 x in [0, 1] -> weights, means, variances, each (2,)."""
     upper = _two_means(x)
     resp = torch.stack([~upper, upper], dim=1).to(torch.float64)  # (N, 2) hard assignments
     weights, means, variances = _m_step(x, resp, reg_covar)
@@ -121,9 +131,21 @@ def _low_component_posterior(x: torch.Tensor, max_iter: int, tol: float,
         if abs(float(log_lik) - prev) < tol:
             break
         prev = float(log_lik)
+    return weights, means, variances
+
+
+def _posterior(x: torch.Tensor, weights: torch.Tensor, means: torch.Tensor,
+               variances: torch.Tensor) -> torch.Tensor:
+    """Final E-step: posterior (N,) of the lower-mean component of the fitted mixture."""
     _, log_resp = _e_step(x, weights, means, variances)
     low = int(torch.argmin(means))
     return log_resp[:, low].exp().clamp_(0.0, 1.0)  # (N,)
+
+
+def _low_component_posterior(x: torch.Tensor, max_iter: int, tol: float,
+                             reg_covar: float) -> torch.Tensor:
+    """EM fit of a 2-GMM on float64 x in [0, 1] -> posterior of the lower-mean component."""
+    return _posterior(x, *_fit_em(x, max_iter, tol, reg_covar))
 
 
 def _out_dtype(losses: torch.Tensor) -> torch.dtype:
@@ -162,6 +184,24 @@ def gmm_confidence(
     return conf.to(dtype=_out_dtype(losses), device=losses.device)
 
 
+def _visible_concat(losses_view1: torch.Tensor, losses_view2: torch.Tensor, max_iter: int,
+                    tol: float, reg_covar: float) -> torch.Tensor:
+    """Both views' losses, each min-max normalised on its own (constant: zeros), concatenated."""
+    for v in (losses_view1, losses_view2):
+        _check_losses(v, max_iter, tol, reg_covar)
+    if losses_view1.shape != losses_view2.shape:
+        raise ValueError(
+            f"view 1 and view 2 need one loss per visible image each, got "
+            f"{tuple(losses_view1.shape)} and {tuple(losses_view2.shape)}"
+        )
+    n = losses_view1.shape[0]
+    parts = []
+    for v in (losses_view1, losses_view2):
+        x = _minmax(v)
+        parts.append(torch.zeros(n, dtype=torch.float64) if x is None else x)
+    return torch.cat(parts)
+
+
 def visible_view_confidences(
     losses_view1: torch.Tensor,
     losses_view2: torch.Tensor,
@@ -178,22 +218,83 @@ def visible_view_confidences(
     Returns:
         (w1, w2), each (N,) in [0, 1], on the device and in the dtype of ``losses_view1``.
     """
-    for v in (losses_view1, losses_view2):
-        _check_losses(v, max_iter, tol, reg_covar)
-    if losses_view1.shape != losses_view2.shape:
-        raise ValueError(
-            f"view 1 and view 2 need one loss per visible image each, got "
-            f"{tuple(losses_view1.shape)} and {tuple(losses_view2.shape)}"
-        )
+    both = _visible_concat(losses_view1, losses_view2, max_iter, tol, reg_covar)  # (2N,)
     n = losses_view1.shape[0]
-    parts = []
-    for v in (losses_view1, losses_view2):
-        x = _minmax(v)
-        parts.append(torch.zeros(n, dtype=torch.float64) if x is None else x)
-    both = torch.cat(parts)  # (2N,)
     if both.max() == both.min():
         conf = torch.ones(2 * n, dtype=torch.float64)
     else:
         conf = _low_component_posterior(both, max_iter, tol, reg_covar)
     conf = conf.to(dtype=_out_dtype(losses_view1), device=losses_view1.device)
     return conf[:n], conf[n:]
+
+
+@dataclass(frozen=True)
+class MixtureFit:
+    """A fitted two-component 1-D Gaussian mixture on min-max normalised losses.
+
+    ``weights``, ``means`` and ``variances`` (``reg_covar`` included) are on the normalised
+    [0, 1] scale; ``low`` indexes the lower-mean (clean, trusted) component; ``loss_min`` and
+    ``loss_max`` (> loss_min) are the losses that normalise to 0 and 1.
+    """
+
+    weights: tuple[float, float]
+    means: tuple[float, float]
+    variances: tuple[float, float]
+    low: int
+    loss_min: float
+    loss_max: float
+
+    def posterior(self, losses: torch.Tensor) -> torch.Tensor:
+        """Posterior (N,) float64 of the ``low`` component for raw losses (N,)."""
+        x = losses.detach().to(device="cpu", dtype=torch.float64)
+        x = (x - self.loss_min) / (self.loss_max - self.loss_min)
+        params = (self.weights, self.means, self.variances)
+        return _posterior(x, *(torch.tensor(v, dtype=torch.float64) for v in params))
+
+    def densities(self, loss_values) -> np.ndarray:
+        """Weighted component densities (2, M) in loss units at ``loss_values`` (M,): row k is
+        weights[k] * N(x; means[k], variances[k]) / (loss_max - loss_min), x normalised; each row
+        integrates to its weight over the loss axis, and the rows sum to the mixture density."""
+        scale = self.loss_max - self.loss_min
+        x = (np.asarray(loss_values, dtype=np.float64) - self.loss_min) / scale
+        w, mu, var = (np.asarray(v, dtype=np.float64)[:, None]
+                      for v in (self.weights, self.means, self.variances))
+        return w * np.exp(-0.5 * (x[None, :] - mu) ** 2 / var) / np.sqrt(2 * np.pi * var) / scale
+
+
+def _as_fit(x: torch.Tensor, lo: float, hi: float, max_iter: int, tol: float,
+            reg_covar: float) -> MixtureFit:
+    weights, means, variances = (tuple(t.tolist()) for t in _fit_em(x, max_iter, tol, reg_covar))
+    return MixtureFit(weights, means, variances, low=int(np.argmin(means)), loss_min=lo,
+                      loss_max=hi)
+
+
+def fit_loss_mixture(losses: torch.Tensor, max_iter: int = 100, tol: float = 1e-2,
+                     reg_covar: float = 5e-4) -> MixtureFit | None:
+    """The mixture :func:`gmm_confidence` fits to ``losses`` (N,), or None where it fits none.
+
+    ``fit.posterior(losses)`` equals ``gmm_confidence(losses)`` (in float64). None where
+    gmm_confidence returns all ones: N == 1 or all losses equal. Raises as gmm_confidence does.
+    """
+    _check_losses(losses, max_iter, tol, reg_covar)
+    x = _minmax(losses)
+    if x is None:
+        return None
+    raw = losses.detach().to(device="cpu", dtype=torch.float64)
+    return _as_fit(x, float(raw.min()), float(raw.max()), max_iter, tol, reg_covar)
+
+
+def fit_visible_mixture(losses_view1: torch.Tensor, losses_view2: torch.Tensor,
+                        max_iter: int = 100, tol: float = 1e-2, reg_covar: float = 5e-4
+                        ) -> tuple[MixtureFit | None, torch.Tensor]:
+    """The mixture :func:`visible_view_confidences` fits, and the losses it was fitted on.
+
+    Returns (fit, x): x (2N,) float64 are both views' losses, each min-max normalised on its own,
+    concatenated (view 1 first); the fit lives on that scale (loss_min 0, loss_max 1), so
+    ``fit.posterior(x)`` equals visible_view_confidences' outputs concatenated. fit is None
+    where those are all ones.
+    """
+    both = _visible_concat(losses_view1, losses_view2, max_iter, tol, reg_covar)  # (2N,)
+    if both.max() == both.min():
+        return None, both
+    return _as_fit(both, 0.0, 1.0, max_iter, tol, reg_covar), both

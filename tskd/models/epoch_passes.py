@@ -41,12 +41,14 @@ from tskd.losses import PrototypeBank, gmm_confidence, per_sample_ce, visible_vi
 log = logging.getLogger(__name__)
 
 GMM_PASSES = ("train", "eval")
+# Stages with CE only: no confidences, no prototypes (weak pre-training, the CE warm-up).
+CE_ONLY_STAGES = ("pretrain", "warmup")
 
 ForwardContext = Callable[[], contextlib.AbstractContextManager]
 
 
 @contextlib.contextmanager
-def _network_mode(net: nn.Module, train: bool):
+def network_mode(net: nn.Module, train: bool):
     """Run the body with ``net`` in train or eval mode, then restore its mode."""
     was_training = net.training
     net.train(train)
@@ -81,7 +83,7 @@ def augmented_losses(
     """
     device = next(net.parameters()).device
     out = [torch.zeros(n, device=device) for n in (num_visible, num_visible, num_infrared)]
-    with _network_mode(net, train=True):
+    with network_mode(net, train=True):
         for v1, v2, ir, vis_y, ir_y, vis_rows, ir_rows in batches:
             bv = v1.shape[0]
             x_vis = torch.cat([v1, v2]).to(device)
@@ -115,7 +117,7 @@ def plain_losses(
     device = next(net.parameters()).device
     out = {VISIBLE: torch.zeros(num_visible, device=device),
            INFRARED: torch.zeros(num_infrared, device=device)}
-    with _network_mode(net, train=False):  # BatchNorm running statistics stay untouched
+    with network_mode(net, train=False):  # BatchNorm running statistics stay untouched
         for modality, loader in loaders.items():
             for x, y, rows in loader:
                 with forward_context():
@@ -155,7 +157,7 @@ def accumulate_prototypes(
         forward_context: The precision plugin's forward context.
     """
     device = next(net.parameters()).device
-    with _network_mode(net, train=True):
+    with network_mode(net, train=True):
         for v1, v2, ir, labels, vis_idx, ir_idx in batches:
             b = labels.shape[0]
             with forward_context():
@@ -213,11 +215,14 @@ class ConfidencePass(_EpochPass):
 
     Writes them into the module with ``set_confidences``; ``loss.gmm_pass`` chooses the pass
     (module docstring). Runs before the module's own ``on_train_epoch_start`` (Lightning calls
-    callbacks first).
+    callbacks first). The per-image losses of the last pass stay in ``last_losses``
+    ``(view1, view2, infrared)`` for the supervision diagnostics and their figure.
     """
 
+    last_losses: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if module.stage == "warmup" or not needs_confidence_pass(module.loss_cfg):
+        if module.stage in CE_ONLY_STAGES or not needs_confidence_pass(module.loss_cfg):
             return
         start = time.perf_counter()
         module.set_confidences(*self.confidences(trainer, module))
@@ -234,12 +239,14 @@ class ConfidencePass(_EpochPass):
             losses = augmented_losses(module.net, batches, n_vis, n_ir, context)
             # each image was seen by exactly one rank: a sum assembles the full vectors
             l1, l2, l_ir = (sum_over_ranks(trainer, t) for t in losses)
+            self.last_losses = (l1, l2, l_ir)
             w1, w2 = visible_view_confidences(l1, l2, **gmm)
         else:
             loaders = {VISIBLE: self.loaders.confidence_dataloader(VISIBLE),
                        INFRARED: self.loaders.confidence_dataloader(INFRARED)}
             l_vis, l_ir = (sum_over_ranks(trainer, t)
                            for t in plain_losses(module.net, loaders, n_vis, n_ir, context))
+            self.last_losses = (l_vis, l_vis, l_ir)
             w1 = w2 = gmm_confidence(l_vis, **gmm)
         return w1, w2, gmm_confidence(l_ir, **gmm)
 
@@ -253,7 +260,7 @@ class PrototypePass(_EpochPass):
     """
 
     def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if module.stage == "warmup" or not needs_prototype_pass(module.loss_cfg):
+        if module.stage in CE_ONLY_STAGES or not needs_prototype_pass(module.loss_cfg):
             return
         start = time.perf_counter()
         batches = self.loaders.prototype_dataloader(module.current_epoch,

@@ -19,8 +19,16 @@ def lr_factor(
     return gamma ** sum(epoch >= m for m in milestones)
 
 
-def stage(epoch: int, ce_only_epochs: int = 1, md_start: int = 10) -> str:
-    """Which losses are on at ``epoch``: ``"warmup"`` (CE only), ``"I"`` or ``"II"`` (+ MD)."""
+def stage(epoch: int, ce_only_epochs: int = 1, md_start: int = 10, pretrain_epochs: int = 0
+          ) -> str:
+    """Which losses are on at ``epoch``: ``"warmup"`` (CE only), ``"I"`` or ``"II"`` (+ MD).
+
+    ``pretrain_epochs`` (weak supervision) come first, as ``"pretrain"`` (CE on the labelled
+    images); the main run's epochs count from their end.
+    """
+    if epoch < pretrain_epochs:
+        return "pretrain"
+    epoch -= pretrain_epochs
     if epoch < ce_only_epochs:
         return "warmup"
     return "II" if epoch >= md_start else "I"

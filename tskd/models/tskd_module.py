@@ -30,11 +30,13 @@ from tskd.losses import (
     BatchHardTriplet,
     MutualDistillationLoss,
     PrototypeBank,
+    RobustTriplet,
     SelfMimicLoss,
     SoftIdentityLoss,
 )
 from tskd.models.components import TwoStreamNet
 from tskd.models.epoch_passes import (
+    CE_ONLY_STAGES,
     GMM_PASSES,
     ConfidencePass,
     PrototypePass,
@@ -65,6 +67,10 @@ class TSKDModule(pl.LightningModule):
         eval: Test options (``flip``, ``rerank``).
         channels_last: Use the channels-last memory format (GPU speed).
         config: The resolved run config, stored in checkpoints for provenance.
+        supervision: The ``supervision`` settings (configs/supervision); None: full labels.
+            Weak: ``pretrain_epochs`` of CE at ``optim`` lr x ``pretrain_lr_factor`` come
+            before the main run. ``robust_triplet``: DART's robust triplet replaces the
+            batch-hard triplet.
     """
 
     # ---------------------------------------------------------------- system definition
@@ -80,6 +86,7 @@ class TSKDModule(pl.LightningModule):
         eval: dict | None = None,  # noqa: A002 - mirrors the config key
         channels_last: bool = False,
         config: dict | None = None,
+        supervision: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -88,11 +95,16 @@ class TSKDModule(pl.LightningModule):
         self.net = TwoStreamNet(num_classes, **model)
         self.loss_cfg, self.optim_cfg = dict(loss), dict(optim)
         self.eval_cfg = dict(eval or {})
+        sup = dict(supervision or {"name": "full"})
+        self.pretrain_epochs = int(sup["pretrain_epochs"]) if sup["name"] == "weak" else 0
+        self.pretrain_lr_factor = float(sup.get("pretrain_lr_factor", 1.0))
         if loss["gmm_pass"] not in GMM_PASSES:
             raise ValueError(f"loss.gmm_pass={loss['gmm_pass']!r}: use one of {GMM_PASSES}")
         self.si = SoftIdentityLoss()
-        self.triplet = BatchHardTriplet(margin=loss["margin"],
-                                        per_modality=loss["triplet_per_modality"])
+        # supervision.robust_triplet: DART's triplet for noisy correspondences (reads w)
+        self.robust_triplet = bool(sup.get("robust_triplet", False))
+        triplet = RobustTriplet if self.robust_triplet else BatchHardTriplet
+        self.triplet = triplet(margin=loss["margin"], per_modality=loss["triplet_per_modality"])
         self.sm = SelfMimicLoss(metric=loss["sm_metric"], form=loss["sm_form"])
         self.md = MutualDistillationLoss(form=loss["md_form"], bandwidth=loss["md_bandwidth"])
         self.bank = PrototypeBank(num_classes, num_slots=3, dim=self.net.feat_dim,
@@ -131,7 +143,8 @@ class TSKDModule(pl.LightningModule):
     # ----------------------------------------------------- state the epoch passes fill
     @property
     def stage(self) -> str:
-        return stage(self.current_epoch, self.loss_cfg["ce_only_epochs"], self.loss_cfg["md_start"])
+        return stage(self.current_epoch, self.loss_cfg["ce_only_epochs"],
+                     self.loss_cfg["md_start"], self.pretrain_epochs)
 
     @property
     def confidences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -159,7 +172,7 @@ class TSKDModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         # a per-epoch constant: logged once here instead of once per step; identical on every
         # rank, so syncing only silences Lightning's DDP warning
-        self.log("train/stage", float({"warmup": 0, "I": 1, "II": 2}[self.stage]),
+        self.log("train/stage", float({"pretrain": -1, "warmup": 0, "I": 1, "II": 2}[self.stage]),
                  on_step=False, on_epoch=True, sync_dist=True)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -172,14 +185,17 @@ class TSKDModule(pl.LightningModule):
         slots = view_slots(b, f.device)  # 0 view1, 1 view2, 2 ir
         cur = self.stage
         terms: dict[str, torch.Tensor] = {}
-        if cur == "warmup":
+        if cur in CE_ONLY_STAGES:
             terms["ce"] = self.si(logits, labels3)
             total = terms["ce"]
         else:
             w = view_confidences(self.confidences, vis_idx, ir_idx)  # (3B,)
             modality3 = (slots == 2).long()
             terms["ce"] = self.si(logits, labels3, w)
-            terms["tri"] = self.triplet(f, labels3, modality3)
+            if self.robust_triplet:
+                terms["tri"] = self.triplet(f, labels3, modality3, w, logits)
+            else:
+                terms["tri"] = self.triplet(f, labels3, modality3)
             terms["sm"] = self.sm(f, labels3, slots, w, self.bank)
             total = terms["ce"] + terms["tri"] + self.loss_cfg["sm_w"] * terms["sm"]
             if cur == "II":
@@ -223,7 +239,7 @@ class TSKDModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         """The epoch's prototype sums (the prototype pass's, run just before) -> prototypes."""
-        if self.stage != "warmup":
+        if self.stage not in CE_ONLY_STAGES:
             self.bank.finalize(reduce=lambda t: sum_over_ranks(self.trainer, t))
 
     def on_train_end(self) -> None:
@@ -270,7 +286,12 @@ class TSKDModule(pl.LightningModule):
         opt = torch.optim.SGD(groups, lr=o["lr_head"], momentum=o["momentum"],
                               nesterov=o["nesterov"], weight_decay=o["weight_decay"])
         warm, milestones, gamma = o["warmup_epochs"], tuple(o["milestones"]), o["gamma"]
-        sched = LambdaLR(opt, lambda e: lr_factor(e, warm, milestones, gamma))
+        pre, pre_factor = self.pretrain_epochs, self.pretrain_lr_factor
+
+        def factor(e: int) -> float:  # weak: a constant pre-training lr, then the main schedule
+            return pre_factor if e < pre else lr_factor(e - pre, warm, milestones, gamma)
+
+        sched = LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     # --------------------------------------------------------------------- other hooks

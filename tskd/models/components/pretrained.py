@@ -128,6 +128,13 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"Could not read pretrained weights from {path} ({exc}). It must be a torchvision "
             "ResNet state dict saved with torch.save(model.state_dict(), path)."
         ) from exc
+    if isinstance(obj, dict) and "tskd" in obj:  # a whole trained model, not backbone weights
+        raise CheckpointError(
+            f"{path} is a tskd checkpoint (written by train.py), not ImageNet weights for the "
+            f"backbone. To continue that training pass ckpt={path} (with its settings); to test "
+            f"it, python eval.py ckpt={path}. model.pretrained takes a torchvision ResNet state "
+            "dict (e.g. resnet50-0676ba61.pth), true to download it, or false."
+        )
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
