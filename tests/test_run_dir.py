@@ -25,10 +25,10 @@ from tskd.run_dir import LOCK_FILE, claim, release
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def _entry(script: str, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+def _entry(script: str, run_dir: Path, ckpt: Path | None = None) -> subprocess.CompletedProcess:
     """``python <script> ckpt=<missing file> hydra.run.dir=<run_dir>``, never reading data."""
-    args = [sys.executable, str(REPO / script), f"ckpt={run_dir.parent / 'missing.ckpt'}",
-            f"hydra.run.dir={run_dir}", *extra]
+    ckpt = ckpt or run_dir.parent / "missing.ckpt"
+    args = [sys.executable, str(REPO / script), f"ckpt={ckpt}", f"hydra.run.dir={run_dir}"]
     return subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
 
 
@@ -97,6 +97,18 @@ def test_two_runs_started_together_on_one_dir_one_is_refused(tmp_path):
     refused = [e for e in errs if f"hydra.run.dir={run} " in e and "Pass another" in e]
     ran = [e for e in errs if "missing.ckpt does not exist" in e]
     assert len(refused) == 1 and len(ran) == 1, errs  # whichever came first, only one ran
+
+
+def test_only_a_training_resume_may_use_its_own_run_dir(tmp_path):
+    run = tmp_path / "run"
+    before = _finished_run(run)
+    ckpt = run / "checkpoints" / "last.ckpt"  # (missing: each stops right after the check)
+    refused = _entry("eval.py", run, ckpt)  # an evaluation would replace its metrics.json
+    assert f"hydra.run.dir={run} already holds a run" in refused.stderr, refused.stderr
+    assert _contents(run) == before
+    resumed = _entry("train.py", run, ckpt)  # continues that run in its folder
+    assert "last.ckpt does not exist" in resumed.stderr, resumed.stderr
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
 
 
 def test_default_run_dir_is_claimed_where_hydra_writes(tmp_path):

@@ -104,6 +104,7 @@ def test_sweep_without_test_is_reported_complete(untested_sweep):
     text = (sweep / "summary.txt").read_text()
     assert "runs: 2 ok, 0 failed, 0 incomplete, 0 interrupted, 0 not run" in text
     assert "NOT TESTED: run 0 (trial 1" in text and "NOT TESTED: run 1 (trial 2" in text
+    assert "python eval.py ckpt=<sweep dir>/1/checkpoints/last.ckpt" in text
     assert "INCOMPLETE" not in text
 
 
