@@ -44,9 +44,17 @@ def _weights(run: Path) -> dict:
     return ckpt["state_dict"]
 
 
+def _equal(a, b) -> bool:
+    """Tensors, and the plain containers a state dict nests them in, equal exactly."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    return a == b
+
+
 def _same_weights(a: Path, b: Path) -> bool:
-    wa, wb = _weights(a), _weights(b)
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    return _equal(_weights(a), _weights(b))
 
 
 def _arrays(folder: Path) -> dict[str, np.ndarray]:
