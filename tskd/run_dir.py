@@ -107,7 +107,8 @@ def claim(folder: str | os.PathLike, key: str, resume: str | os.PathLike | None 
     if lock is not None and _alive(lock):
         owner = f"pid {lock.get('pid', '?')} on {lock.get('host', '?')}"
         raise _refuse(key, folder, f"is being written by a live run ({owner}; its lock file "
-                                   f"{folder / LOCK_FILE} goes when it ends)")
+                                   f"{folder / LOCK_FILE} goes when it ends: delete it only if "
+                                   "that process is gone)")
     found = _run_inside(folder) if folder.is_dir() else None
     resuming = resume is not None and Path(resume).absolute().is_relative_to(folder)
     if found is not None and not resuming:
