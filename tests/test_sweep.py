@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -75,3 +77,49 @@ def test_sweep_without_log_dir_variable_lands_in_cwd_logs(tmp_path, data_dir, mo
         assert paths["log_dir"] == f"{cwd}/logs" and paths["data_dir"] == str(data_dir)
         assert paths["output_dir"] == str(sweep / job)
     assert json.loads((sweep / "summary.json").read_text())["counts"]["ok"] == 2
+
+
+@pytest.fixture(scope="module")
+def untested_sweep(tmp_path_factory, data_dir):
+    """A finished two-job sweep with test_after_training=false, in a given hydra.sweep.dir."""
+    base = tmp_path_factory.mktemp("untested")
+    sweep = base / "sweep"
+    _sweep(data_dir, base, {"TSKD_LOG_DIR": str(base / "logs")}, "logger=none",
+           "test_after_training=false", f"hydra.sweep.dir={sweep}")
+    return sweep
+
+
+def test_sweep_without_test_is_reported_complete(untested_sweep):
+    # Every job did all it was asked (train, no test): "ok", listed as trained but not tested.
+    sweep = untested_sweep
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "status.json").read_text())["status"] == "completed"
+        assert not (sweep / job / "metrics.json").exists()
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert summary["counts"] == {"ok": 2, "failed": 0, "incomplete": 0, "interrupted": 0,
+                                 "not_run": 0, "total": 2}
+    (setting,) = summary["settings"]
+    assert setting["results"] == [] and setting["incomplete"] == []
+    assert setting["not_tested"] == [{"dir": "0", "trial": 1}, {"dir": "1", "trial": 2}]
+    text = (sweep / "summary.txt").read_text()
+    assert "runs: 2 ok, 0 failed, 0 incomplete, 0 interrupted, 0 not run" in text
+    assert "NOT TESTED: run 0 (trial 1" in text and "NOT TESTED: run 1 (trial 2" in text
+    assert "python eval.py ckpt=<sweep dir>/1/checkpoints/last.ckpt" in text
+    assert "INCOMPLETE" not in text
+
+
+def test_second_sweep_into_the_same_dir_is_refused(untested_sweep, data_dir, tmp_path):
+    # Issue 20: two sweeps given one hydra.sweep.dir used to share the job folders, both exit 0.
+    sweep = untested_sweep
+    before = {p: p.read_bytes() for p in sorted(sweep.rglob("*")) if p.is_file()}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "-m", "dataset=synthetic_regdb",
+         f"dataset.root={data_dir}/synthetic_regdb", "dataset.trial=1,2", *FAST,
+         "trainer.max_epochs=1", "logger=none", f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TSKD_DATA_DIR": str(data_dir)})
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert f"hydra.sweep.dir={sweep} already holds a run" in proc.stderr
+    assert "Pass another hydra.sweep.dir=<new folder>" in proc.stderr
+    after = {p: p.read_bytes() for p in sorted(sweep.rglob("*")) if p.is_file()}
+    assert after == before  # the first sweep's files, summary included, untouched

@@ -14,6 +14,11 @@ either the old ``last.ckpt`` or the new one, plus the previous epoch's copy. A s
 for want of space (ENOSPC, a quota) is a :class:`~tskd.errors.CheckpointSaveError` naming the file,
 the checkpoint that is still intact and the fix, not torch's "unexpected pos".
 
+Before anything is written, :func:`check_finite_state` looks at every floating tensor of the
+model state: a step that made the weights NaN or Inf (with a finite loss, so the loss check
+did not stop it) must not replace the last good checkpoint. The save is refused instead, with
+an error naming the files that still hold the last finite state.
+
 :class:`SafeModelCheckpoint` (``configs/callbacks/default.yaml``) is Lightning's
 ``ModelCheckpoint`` that installs :class:`AtomicCheckpointIO` on the trainer's strategy, so
 every ``trainer.save_checkpoint`` of the run goes through :func:`write_checkpoint`.
@@ -32,7 +37,7 @@ from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
-from tskd.errors import CheckpointSaveError
+from tskd.errors import CheckpointError, CheckpointSaveError
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -70,6 +75,47 @@ def _keep_previous(path: Path) -> None:
     os.replace(staged, prev)
 
 
+def _non_finite(state: dict, prefix: str = "") -> list[str]:
+    """``"name (k of n values NaN or Inf)"`` for each floating tensor of ``state`` with any."""
+    found = []
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):  # extra state (the prototype bank's sums) is a dict
+            found += _non_finite(value, f"{name}.")
+        elif isinstance(value, torch.Tensor) and value.is_floating_point():
+            bad = int(value.numel() - torch.isfinite(value).sum())
+            if bad:
+                found.append(f"{name} ({bad} of {value.numel()} values NaN or Inf)")
+    return found
+
+
+def check_finite_state(checkpoint: Any, path: str | Path) -> None:
+    """Refuse to save a checkpoint whose ``state_dict`` holds NaN or Inf (module doc).
+
+    Raises:
+        CheckpointError: Naming the tensors, and the files at ``path`` that are kept.
+    """
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    bad = _non_finite(state) if isinstance(state, dict) else []
+    if not bad:
+        return
+    path = Path(str(path))
+    prev = previous_path(path)
+    retrain = ("start a new run with a lower learning rate (optim.lr_*) or another seed (a "
+               "resume would repeat the same steps)")
+    if path.is_file():
+        also = f" and {prev} are" if prev.is_file() else " is"
+        kept = (f"{path} (the previous save){also} kept and hold the last finite state: "
+                f"evaluate it with eval.py ckpt={path}; to train on, {retrain}")
+    else:
+        kept = f"No earlier checkpoint of this run exists; {retrain}"
+    more = f", and {len(bad) - 3} more tensor(s)" if len(bad) > 3 else ""
+    raise CheckpointError(
+        f"the model state was not saved to {path}: a training step made the weights "
+        f"non-finite, though its loss was finite ({', '.join(bad[:3])}{more}). {kept}."
+    )
+
+
 def write_checkpoint(checkpoint: Any, path: str | Path, keep_previous: bool = True) -> None:
     """``torch.save(checkpoint, path)``, atomically, keeping the replaced file (see module doc).
 
@@ -77,8 +123,13 @@ def write_checkpoint(checkpoint: Any, path: str | Path, keep_previous: bool = Tr
         checkpoint: Anything ``torch.save`` accepts.
         path: The checkpoint file; its folder is created if needed.
         keep_previous: Keep the file being replaced as :func:`previous_path`.
+
+    Raises:
+        CheckpointError: ``checkpoint["state_dict"]`` holds NaN or Inf; nothing was written.
+        CheckpointSaveError: The write failed (a full disk); the old files are intact.
     """
     path = Path(path)
+    check_finite_state(checkpoint, path)  # before a byte is written: the old files stay
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
     sink = None
@@ -147,6 +198,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                         storage_options: Any | None = None) -> None:
         """Writes ``checkpoint`` to ``path`` atomically, keeping the previous copy."""
         if storage_options is not None or not _is_local_file_protocol(path):
+            check_finite_state(checkpoint, path)
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         write_checkpoint(checkpoint, path)

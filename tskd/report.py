@@ -1,8 +1,10 @@
 """Sweep summary: one table and ``summary.json`` over the runs of a Hydra multirun.
 
 A sweep dir holds one run dir per job (any dir with ``.hydra/overrides.yaml``). A run is "ok"
-when it wrote ``metrics.json``, "failed" or "interrupted" when its ``status.json`` says so (a
-crash; SIGTERM or Ctrl-C), and "incomplete" otherwise (still running, or killed outright). A job
+when it wrote ``metrics.json``, or when its ``status.json`` says "completed" without one (it was
+told not to test, ``test_after_training=false``: listed per setting as "not tested"), "failed"
+or "interrupted" when its ``status.json`` says so (a crash; SIGTERM or Ctrl-C), and
+"incomplete" otherwise (still running, or killed outright). A job
 the sweep planned (``jobs.json``, written when the sweep starts) that has no run dir is "not
 run": the sweep had not reached it yet, or was stopped first. Runs are grouped into settings by
 their overrides minus the trial axis (``group_out``); for every (mode/direction, feature) result
@@ -100,6 +102,7 @@ def _read_run(run_dir: Path, root: Path) -> dict:
            "status": "incomplete", "error": None, "metrics": None}
     met_file, st_file = run_dir / "metrics.json", run_dir / "status.json"
     stopped = None  # ("failed" | "interrupted", message) when status.json records either
+    kind = None
     if st_file.is_file():
         try:
             st = json.loads(st_file.read_text())
@@ -120,6 +123,8 @@ def _read_run(run_dir: Path, root: Path) -> dict:
             rec.update(status="ok", metrics=metrics)
         except (OSError, ValueError) as e:
             rec.update(status="failed", error=f"bad metrics.json: {e}")
+    elif kind == "completed":  # finished, told not to test: complete, with no results
+        rec.update(status="ok")
     return rec
 
 
@@ -140,7 +145,8 @@ def collect_runs(sweep_dir: str | os.PathLike) -> list[dict]:
 
     Returns:
         Run records ``{"dir", "overrides", "status", "error", "metrics"}`` in job order; status
-        is "ok", "failed", "interrupted" or "incomplete".
+        is "ok", "failed", "interrupted" or "incomplete"; an "ok" run's metrics are None when
+        it finished without a test.
 
     Raises:
         InputError: the dir is missing, holds no run dirs, or has a malformed overrides.yaml.
@@ -253,8 +259,8 @@ def summarize_sweep(sweep_dir: str | os.PathLike,
         ``settings``, each with its ``overrides``, ``counts``, ``results`` (per
         dataset/mode/direction/feature: ``n``, ``trials``, ``runs``, ``mean`` and population std
         ``std`` (ddof=0) over runs of each run's mean metrics), the ``failed``/``interrupted``/
-        ``incomplete`` runs with dir, trial and error, and the ``not_run`` jobs with job number
-        and trial.
+        ``incomplete`` runs with dir, trial and error, the ``not_run`` jobs with job number
+        and trial, and the ``not_tested`` runs (ok, finished without a test) with dir and trial.
 
     Raises:
         InputError: No runs, or runs of one setting measured on different test lists
@@ -271,7 +277,7 @@ def summarize_sweep(sweep_dir: str | os.PathLike,
         ovs = list(_setting_key(run["overrides"], group_out))
         s = settings.setdefault(tuple(ovs), {
             "overrides": ovs, "counts": dict.fromkeys(STATUSES, 0), "results": {},
-            **{k: [] for k in STATUSES if k != "ok"}})
+            **{k: [] for k in STATUSES if k != "ok"}, "not_tested": []})
         s["counts"][run["status"]] += 1
         trial = _trial(run["overrides"], group_out)
         if run["status"] == "not_run":
@@ -279,6 +285,9 @@ def summarize_sweep(sweep_dir: str | os.PathLike,
             continue
         if run["status"] != "ok":
             s[run["status"]].append({"dir": run["dir"], "trial": trial, "error": run["error"]})
+            continue
+        if run["metrics"] is None:  # finished without a test (test_after_training=false)
+            s["not_tested"].append({"dir": run["dir"], "trial": trial})
             continue
         for res in _run_results(run["metrics"], Path(run["dir"])):
             key = tuple(res.get(k) for k in RESULT_KEYS)
@@ -311,7 +320,12 @@ def format_summary(summary: dict) -> str:
             rows.append((label, name or "-", str(r["n"]),
                          *(f"{r['mean'][m]:.2f}±{r['std'][m]:.2f}" for m in METRICS)))
         if not s["results"]:
-            rows.append((label, "(no finished run)", "0", *("-" for _ in METRICS)))
+            what = "(trained, not tested)" if s.get("not_tested") else "(no finished run)"
+            rows.append((label, what, "0", *("-" for _ in METRICS)))
+        for f in s.get("not_tested", []):
+            notes.append(f"NOT TESTED: run {f['dir']} (trial {f['trial']}, {label}): finished "
+                         "with test_after_training=false; test it with python eval.py "
+                         f"ckpt=<sweep dir>/{f['dir']}/checkpoints/last.ckpt")
         for kind in ("failed", "interrupted", "incomplete"):
             for f in s.get(kind, []):
                 why = f": {f['error']}" if f.get("error") else ""

@@ -36,7 +36,7 @@ from tskd.config import (
 )
 from tskd.data import registry
 from tskd.data.datamodule import ReIDDataModule
-from tskd.errors import CheckpointError
+from tskd.errors import CheckpointError, DatasetError
 from tskd.files import check_output_folders
 from tskd.models.components.pretrained import require_weights
 from tskd.models.epoch_passes import epoch_pass_callbacks
@@ -276,10 +276,22 @@ def train(cfg: DictConfig) -> dict:
     if not c.test_after_training:
         return {}
     trainer.test(model, datamodule=dm, verbose=False)
-    last = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
     return _report(c, trainer, evaluation.result(), out, dm,
-                   {"checkpoint": str(Path(last).resolve()) if last else None,
+                   {"checkpoint": _tested_checkpoint(trainer, c.ckpt, resumed),
                     "img_size": list(dm.size), "data_root": str(Path(dm.root).resolve())})
+
+
+def _tested_checkpoint(trainer: pl.Trainer, ckpt: str | None, resumed: dict | None) -> str | None:
+    """The file that holds the weights the test used.
+
+    This run's last save; but a resume that trained no step (``trainer.max_epochs`` reached
+    already) saved nothing and tested the file it resumed from, while the checkpoint callback
+    still names the original run's ``last.ckpt`` (restored from the checkpoint).
+    """
+    if resumed is not None and trainer.global_step == resumed.get("global_step"):
+        return str(Path(ckpt).resolve())
+    last = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+    return str(Path(last).resolve()) if last else None
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -350,6 +362,8 @@ def eval_dataset(cfg, ckpt: dict, overrides: list[str] | None = None) -> Dataset
                 f"split {d['trial']} uses identities it was trained on. Use dataset.trial="
                 f"{meta['trial']} (or eval.allow_other_trial=true to do it anyway)."
             )
+    if source == "the checkpoint" and "root" not in explicit:
+        _recorded_root_only(d, cfg.ckpt)
     h, w = meta["img_size"]
     d["img_h"] = d["img_h"] if "img_h" in explicit else h
     d["img_w"] = d["img_w"] if "img_w" in explicit else w
@@ -357,6 +371,22 @@ def eval_dataset(cfg, ckpt: dict, overrides: list[str] | None = None) -> Dataset
     log.info("evaluating on %s at %s (%s), %dx%d, trial %s", d["name"], d["root"], source,
              d["img_h"], d["img_w"], d["trial"])
     return dataset
+
+
+def _recorded_root_only(d: dict, ckpt_path: str) -> None:
+    """A root read from a checkpoint is where the data is, or an error; never generated there.
+
+    The checkpoint's record is a literal path (see :func:`tskd.resolvers.literal_config`) and
+    may come from another machine or another hand; a synthetic set is generated only where the
+    command line's ``dataset.root`` (or ``dataset=...``) says.
+    """
+    d["synthetic"] = None
+    if not Path(str(d["root"])).is_dir():
+        raise DatasetError(
+            f"dataset.root={d['root']!r}, recorded in checkpoint {ckpt_path}, is not a folder "
+            "here; pass dataset.root=<the data's folder> (eval generates no data at a root "
+            "read from a checkpoint)."
+        )
 
 
 def resolve_test_datamodule(cfg, ckpt: dict, overrides: list[str] | None = None,

@@ -35,6 +35,7 @@ from tskd.checks import (
     one_of,
     optional,
 )
+from tskd.entry import raise_pending_interruption
 from tskd.schema import MAY_DIFFER, Schema, setting
 
 log = logging.getLogger(__name__)
@@ -185,5 +186,28 @@ def build_trainer(cfg: DictConfig, *, training: bool, settings: dict | None = No
         args["enable_checkpointing"] = False
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
-    return pl.Trainer(**args, callbacks=[*callbacks, *components], logger=loggers,
-                      default_root_dir=cfg.paths.output_dir)
+    return pl.Trainer(**args, callbacks=[*callbacks, *components, PendingInterruption()],
+                      logger=loggers, default_root_dir=cfg.paths.output_dir)
+
+
+class PendingInterruption(pl.Callback):
+    """Stops the run at the next batch when a SIGTERM/SIGINT's exception was lost on the way.
+
+    See :func:`tskd.entry.raise_pending_interruption`; without the entry points' handlers
+    (a library caller) it does nothing.
+    """
+
+    def on_train_epoch_start(self, *args, **kwargs) -> None:
+        raise_pending_interruption()
+
+    def on_train_batch_start(self, *args, **kwargs) -> None:
+        raise_pending_interruption()
+
+    def on_train_epoch_end(self, *args, **kwargs) -> None:  # after the per-epoch passes
+        raise_pending_interruption()
+
+    def on_validation_batch_start(self, *args, **kwargs) -> None:
+        raise_pending_interruption()
+
+    def on_test_batch_start(self, *args, **kwargs) -> None:
+        raise_pending_interruption()

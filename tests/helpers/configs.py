@@ -15,6 +15,7 @@ from tskd.config import (
     LossConfig,
     ModelConfig,
     OptimConfig,
+    SupervisionConfig,
     yaml_values,
 )
 from tskd.schema import build
@@ -54,3 +55,8 @@ def optim(**fields) -> OptimConfig:
 
 def eval_options(**fields) -> EvalPassOptions:
     return build(EvalPassOptions, _merged(yaml_values("train.yaml", "eval"), fields))
+
+
+def supervision(**fields) -> SupervisionConfig:
+    """configs/supervision/full.yaml with ``fields`` on top."""
+    return build(SupervisionConfig, _merged(yaml_values("supervision/full.yaml"), fields))

@@ -7,7 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import configs
 
+from tskd.config import LossConfig, OptimConfig
 from tskd.losses import RobustTriplet
 from tskd.models.tskd_module import TSKDModule
 
@@ -24,10 +26,12 @@ P, K, IDS = 3, 2, 5
 def module(epoch: int, **supervision) -> tuple[TSKDModule, dict]:
     torch.manual_seed(0)
     m = TSKDModule(num_classes=IDS, num_visible=12, num_infrared=10,
-                   dataset={"name": "sysu", "root": "x", "trial": None, "img_h": 32, "img_w": 16},
-                   model={"backbone": "resnet18", "pretrained": False}, loss=LOSS, optim=OPTIM,
-                   supervision={"name": "weak", "pretrain_epochs": 0, "pretrain_lr_factor": 0.5,
-                                "robust_triplet": False, **supervision})
+                   dataset=configs.dataset("sysu", root="x", img_h=32, img_w=16),
+                   model=configs.model(backbone="resnet18", pretrained=False),
+                   loss=LossConfig.of(LOSS, "loss"), optim=OptimConfig.of(OPTIM, "optim"),
+                   supervision=configs.supervision(**{"name": "weak", "pretrain_epochs": 0,
+                                                      "pretrain_lr_factor": 0.5,
+                                                      "robust_triplet": False, **supervision}))
     logged: dict = {}
     m.log = lambda name, value, **kw: logged.__setitem__(name, torch.as_tensor(value).detach())
     m._trainer = SimpleNamespace(current_epoch=epoch, global_step=0, world_size=1)
