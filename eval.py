@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from tskd.entry import guarded, record_failure
+from tskd.core.entry import guarded, record_failure
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
@@ -19,9 +19,9 @@ def main(cfg: DictConfig) -> float | None:
     with record_failure(cfg.paths.output_dir):
         # Imported in here: the import takes seconds (torch), and a signal or an import error
         # during it must be recorded in status.json like any other.
-        from tskd.run import evaluate
+        from tskd.runner.run import evaluate_checkpoint
 
-        metrics = evaluate(cfg, overrides=list(HydraConfig.get().overrides.task))
+        metrics = evaluate_checkpoint(cfg, overrides=list(HydraConfig.get().overrides.task))
     return (metrics.get("mean") or {}).get("rank1")
 
 

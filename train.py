@@ -9,7 +9,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from tskd.entry import guarded, record_failure
+from tskd.core.entry import guarded, record_failure
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -17,7 +17,7 @@ def main(cfg: DictConfig) -> float | None:
     with record_failure(cfg.paths.output_dir):
         # Imported in here: the import takes seconds (torch), and a signal or an import error
         # during it must be recorded in status.json like any other.
-        from tskd.run import train
+        from tskd.runner.run import train
 
         metrics = train(cfg)
     return (metrics.get("mean") or {}).get("rank1")

@@ -40,8 +40,8 @@ def _pss_kib(pid: str = "self") -> tuple[int, int]:
 
 def _datamodule(root: Path, workers: int):
     from tskd.config import DataConfig, DatasetConfig, yaml_values
+    from tskd.core.schema import build
     from tskd.data.datamodule import ReIDDataModule
-    from tskd.schema import build
 
     dataset = build(DatasetConfig, {**yaml_values("dataset/sysu.yaml"), "root": str(root)})
     data = build(DataConfig, {**yaml_values("train.yaml", "data"), "num_workers": workers,

@@ -55,13 +55,13 @@ from tskd.config import (  # noqa: E402
     OptimConfig,
     yaml_values,
 )
+from tskd.core.schema import build  # noqa: E402
 from tskd.data.datamodule import ReIDDataModule  # noqa: E402
 from tskd.data.synthetic import ensure_synthetic  # noqa: E402
 from tskd.losses import gmm_confidence, visible_view_confidences  # noqa: E402
 from tskd.metrics.retrieval import RetrievalMetric  # noqa: E402
 from tskd.models.epoch_passes import accumulate_prototypes, augmented_losses  # noqa: E402
 from tskd.models.tskd_module import TSKDModule  # noqa: E402
-from tskd.schema import build  # noqa: E402
 
 EPOCHS = 80  # the paper's schedule (configs/trainer/default.yaml)
 DEFAULT_ROOT = Path(os.environ.get("TSKD_BENCH_DATA", "/tmp/tskd_bench")) / "sysu_full"

@@ -17,14 +17,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from tskd.checkpoint import build_module, load_checkpoint, module_arguments
+from tskd.checkpoints.loading import build_module, load_checkpoint, module_arguments
 from tskd.config import EvalPassOptions, LossConfig, ModelConfig, OptimConfig, SupervisionConfig
+from tskd.core.schema import to_plain
 from tskd.data import sysu
 from tskd.data.config import DatasetConfig
 from tskd.data.synthetic import make_sysu
 from tskd.models.tskd_module import TSKDModule
-from tskd.run import evaluate
-from tskd.schema import to_plain
+from tskd.runner.run import evaluate_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 LAYOUT = json.loads((REPO / "tests" / "fixtures" / "checkpoint_format2.json").read_text())
@@ -63,7 +63,7 @@ def test_old_checkpoint_still_evaluates(tree, tmp_path, older):
     overrides = [f"ckpt={ckpt}", "data.num_workers=0", f"paths.output_dir={tmp_path / 'e'}"]
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose("eval", overrides=overrides)
-    metrics = evaluate(cfg, overrides)
+    metrics = evaluate_checkpoint(cfg, overrides)
     assert json.loads((tmp_path / "e" / "metrics.json").read_text()) == metrics
     assert (metrics["dataset"], len(metrics["trials"]), metrics["img_size"]) == ("sysu", 10,
                                                                                  [64, 32])

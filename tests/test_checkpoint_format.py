@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tskd.checkpoint import load_checkpoint
-from tskd.errors import CheckpointError
+from tskd.checkpoints.loading import load_checkpoint
+from tskd.core.errors import CheckpointError
 from tskd.models.tskd_module import CHECKPOINT_FORMAT
 
 

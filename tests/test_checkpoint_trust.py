@@ -23,9 +23,10 @@ import torch
 from conftest import REPO, TINY
 from test_eval_from_checkpoint import SMALL, compose_config, evaluate, sysu_tree, write_checkpoint
 
-from tskd.checkpoint import load_checkpoint
-from tskd.checkpoint_io import AtomicCheckpointIO, previous_path
-from tskd.errors import CheckpointError, DatasetError
+from tskd.checkpoints.loading import load_checkpoint
+from tskd.checkpoints.saving import AtomicCheckpointIO
+from tskd.core.errors import CheckpointError, DatasetError
+from tskd.core.files import previous_path
 
 HELPERS = Path(__file__).resolve().parent / "helpers"
 
@@ -144,7 +145,7 @@ def test_training_step_that_poisons_the_weights_keeps_the_good_checkpoint(tmp_pa
 
 
 def test_resume_that_trains_nothing_names_the_file_tested(tmp_path):
-    from tskd.run import train
+    from tskd.runner.run import train
 
     root = sysu_tree(tmp_path / "SYSU")
     keys = ["dataset=sysu", f"dataset.root={root}", "trainer=cpu", *SMALL, "data.num_ids=4",

@@ -14,9 +14,9 @@ from omegaconf import OmegaConf, open_dict
 from test_eval_from_checkpoint import SMALL, compose_config
 
 from tskd.config import validate
-from tskd.errors import CheckpointError, ConfigError
+from tskd.core.errors import CheckpointError, ConfigError
 from tskd.models.components.pretrained import weights_file_name
-from tskd.run import train
+from tskd.runner.run import train
 
 
 def _config(tmp_path, *keys):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from tskd.apps.visualize import VisualizeConfig
 from tskd.config import EvalConfig, TrainConfig, validate
-from tskd.visualize import VisualizeConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TOP = ("train.yaml", "eval.yaml", "visualize.yaml")

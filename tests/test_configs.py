@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tskd.trainer import device_settings
+from tskd.runner.trainer import device_settings
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 

@@ -19,7 +19,7 @@ from conftest import TINY, run_entry
 from helpers import configs
 from torch.utils.data import DataLoader
 
-from tskd.checkpoint import build_module
+from tskd.checkpoints.loading import build_module
 from tskd.data.datamodule import ReIDDataModule
 from tskd.data.datasets import AugmentedPassSet
 from tskd.data.samplers import CrossModalityIdentitySampler, FreshDrawBatches

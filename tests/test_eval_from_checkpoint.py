@@ -1,4 +1,5 @@
-"""Evaluation from the checkpoint alone (tskd.run.evaluate in-process, configs composed by Hydra).
+"""Evaluation from the checkpoint alone (tskd.runner.run.evaluate_checkpoint in-process, configs
+composed by Hydra).
 
 The checkpoints here are written the way train.py writes them (the module's hyper-parameters,
 the whole run config, the ``tskd`` metadata) but untrained, on tiny synthetic trees, so each
@@ -15,9 +16,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from tskd.core.errors import CheckpointError, ConfigError, DatasetError
 from tskd.data import regdb, sysu
 from tskd.data.synthetic import make_regdb, make_sysu
-from tskd.errors import CheckpointError, ConfigError, DatasetError
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["model.backbone=resnet18", "model.pretrained=false", "dataset.img_h=64",
@@ -42,7 +43,7 @@ def write_checkpoint(path: Path, overrides: list[str]) -> Path:
     """A tskd checkpoint of an untrained model for the train config of ``overrides``."""
     from tskd.config import validate
     from tskd.models.tskd_module import TSKDModule
-    from tskd.run import _plain
+    from tskd.runner.run import _plain
 
     cfg = compose_config("train", [*overrides, f"paths.output_dir={path.parent / 'run'}"])
     c = validate(cfg)
@@ -60,11 +61,12 @@ def write_checkpoint(path: Path, overrides: list[str]) -> Path:
 
 
 def evaluate(ckpt: Path, out: Path, *keys: str) -> dict:
-    """tskd.run.evaluate as eval.py calls it, with only ``keys`` on the command line."""
-    from tskd.run import evaluate as run_evaluate
+    """tskd.runner.run.evaluate_checkpoint as eval.py calls it, with only ``keys`` on the
+    command line."""
+    from tskd.runner.run import evaluate_checkpoint
 
     overrides = [f"ckpt={ckpt}", "data.num_workers=0", f"paths.output_dir={out}", *keys]
-    return run_evaluate(compose_config("eval", overrides), overrides)
+    return evaluate_checkpoint(compose_config("eval", overrides), overrides)
 
 
 def caches(root: Path) -> list[str]:
@@ -100,8 +102,8 @@ def _files(root: Path, cams, pids) -> list[list[Path]]:
 def test_metrics_say_what_they_were_measured_on(sysu_ckpt, tmp_path, capsys):
     """Cutting test_id.txt after training changes the recorded lists and the table's header,
     and a sweep summary refuses to average the two results; moved data keeps its hash."""
-    from tskd.report import main as report_main
-    from tskd.report import summarize_sweep
+    from tskd.apps.report import main as report_main
+    from tskd.apps.report import summarize_sweep
 
     ckpt, root = sysu_ckpt
     full = evaluate(ckpt, tmp_path / "full", "mode=all")
@@ -164,7 +166,8 @@ def test_image_size_and_cache_dir_from_the_command_line(sysu_ckpt, tmp_path):
 
 def test_explicit_dataset_option_still_works(sysu_ckpt, tmp_path):
     """dataset=sysu names the dataset: its root unless given, the checkpoint's image size."""
-    from tskd.run import eval_dataset, load_checkpoint
+    from tskd.checkpoints.eval_data import eval_dataset
+    from tskd.checkpoints.loading import load_checkpoint
 
     ckpt, root = sysu_ckpt
     cfg = compose_config("eval", [f"ckpt={ckpt}", "dataset=sysu", f"dataset.root={root}",
@@ -179,7 +182,8 @@ def test_other_dataset_refused_before_any_data_work(sysu_ckpt, tmp_path):
         evaluate(ckpt, tmp_path / "e", "dataset=synthetic_regdb",
                  f"paths.data_dir={tmp_path / 'data'}")
     assert not (tmp_path / "data").exists()  # the synthetic RegDB tree was never generated
-    from tskd.run import eval_dataset, load_checkpoint
+    from tskd.checkpoints.eval_data import eval_dataset
+    from tskd.checkpoints.loading import load_checkpoint
 
     keys = ["dataset=regdb", f"dataset.root={tmp_path}", "eval.allow_other_dataset=true"]
     cfg = compose_config("eval", [f"ckpt={ckpt}", *keys, f"paths.output_dir={tmp_path}"])
@@ -233,7 +237,8 @@ def test_regdb_split_comes_from_the_checkpoint(regdb_ckpt, tmp_path):
 
 
 def test_other_regdb_split_refused_unless_allowed(regdb_ckpt, tmp_path):
-    from tskd.run import eval_dataset, load_checkpoint
+    from tskd.checkpoints.eval_data import eval_dataset
+    from tskd.checkpoints.loading import load_checkpoint
 
     ckpt, _ = regdb_ckpt
     with pytest.raises(CheckpointError, match="trained on RegDB split 3; testing it on split 5"):

@@ -11,12 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tskd import evaluation as ev
+from tskd.core.errors import InputError
 from tskd.data import protocol as proto
 from tskd.data.protocol import INFRARED, VISIBLE, Search
 from tskd.data.transforms import MEAN, STD
-from tskd.errors import InputError
+from tskd.features.protocol import embed_protocol
 from tskd.metrics import evaluate_regdb, evaluate_sysu
+from tskd.metrics.search import FEATURES, search_features, summarize
+from tskd.runner.metrics_file import format_table, write_metrics_json
 
 H, W = 8, 4
 
@@ -94,7 +96,7 @@ def test_full_sysu_test_embeds_queries_plus_distinct_gallery_once():
     protocol = sysu_protocol(shots=8)  # more candidates than 10 trials draw
     assert len(protocol.searches) == 20  # 10 trials x 2 modes
     fn = Counting(protocol)
-    feats = ev.embed_protocol(fn, images_for(protocol), protocol, batch_size=16)
+    feats = embed_protocol(fn, images_for(protocol), protocol, batch_size=16)
     queries = set(protocol.searches[0].query.tolist())
     galleries = set().union(*(s.gallery.tolist() for s in protocol.searches))
     assert len(fn.seen) == len(queries) + len(galleries) < len(protocol.paths)
@@ -108,10 +110,10 @@ def test_full_sysu_test_embeds_queries_plus_distinct_gallery_once():
 def test_each_search_equals_the_metric_on_its_own_distance_matrix():
     for protocol, metric in ((sysu_protocol(trials=2), "sysu"), (regdb_protocol(), "regdb")):
         fn = Counting(protocol)
-        feats = ev.embed_protocol(fn, images_for(protocol), protocol, batch_size=7)
-        results = ev.evaluate_features(feats, protocol)
+        feats = embed_protocol(fn, images_for(protocol), protocol, batch_size=7)
+        results = search_features(feats, protocol)
         assert len(results) == 2 * len(protocol.searches)
-        for r, (s, name) in zip(results, [(s, f) for s in protocol.searches for f in ev.FEATURES]):
+        for r, (s, name) in zip(results, [(s, f) for s in protocol.searches for f in FEATURES]):
             assert (r["setting"], r["trial"], r["feature"]) == (s.setting, s.trial, name)
             table = getattr(fn, name)
             dist = -(table[s.query] @ table[s.gallery].T)
@@ -132,7 +134,7 @@ def test_summaries_are_percent_with_population_std():
         {"setting": "all", "trial": 1, "feature": "fc", "cmc": np.full(20, 1.0), "mAP": 0.6,
          "mINP": 0.4},
     ]
-    (s,) = ev.summarize(results, protocol)
+    (s,) = summarize(results, protocol)
     assert list(s) == ["dataset", "mode", "direction", "feature", "trials", "mean", "std"]
     assert (s["dataset"], s["mode"], s["direction"], s["feature"]) == (
         "sysu", "all", "infrared2visible", "fc")
@@ -140,10 +142,10 @@ def test_summaries_are_percent_with_population_std():
                               "rank20": 100.0, "mAP": 60.0, "mINP": 40.0}
     assert s["mean"]["rank1"] == 75.0 and s["std"]["rank1"] == 25.0  # ddof = 0
     assert s["mean"]["mAP"] == pytest.approx(50.0) and s["std"]["mAP"] == pytest.approx(10.0)
-    reg = ev.summarize([{**results[0], "setting": "thermal2visible"}], regdb_protocol())
+    reg = summarize([{**results[0], "setting": "thermal2visible"}], regdb_protocol())
     assert (reg[0]["mode"], reg[0]["direction"]) == (None, "thermal2visible")
     with pytest.raises(InputError, match="max_rank >= 20"):
-        ev.summarize([{**results[0], "cmc": np.ones(5)}], protocol)
+        summarize([{**results[0], "cmc": np.ones(5)}], protocol)
 
 
 def test_flip_averages_the_image_and_its_mirror():
@@ -156,7 +158,7 @@ def test_flip_averages_the_image_and_its_mirror():
         f = x[:, 2, 1, :]  # (B, W)
         return F.normalize(f, dim=1), F.normalize(f + 1, dim=1)
 
-    feats = ev.embed_protocol(embed, images, protocol, batch_size=64, flip=True)
+    feats = embed_protocol(embed, images, protocol, batch_size=64, flip=True)
     assert len(calls) == 2 and torch.equal(calls[1], calls[0].flip(-1))
     f = calls[0][:, 2, 1, :]
     want = F.normalize(F.normalize(f, dim=1) + F.normalize(f.flip(-1), dim=1), dim=1)
@@ -166,18 +168,18 @@ def test_flip_averages_the_image_and_its_mirror():
 def test_summaries_table_and_metrics_json(tmp_path):
     protocol = sysu_protocol(trials=3)
     fn = Counting(protocol)
-    feats = ev.embed_protocol(fn, images_for(protocol), protocol, batch_size=32)
-    summaries = ev.summarize(ev.evaluate_features(feats, protocol), protocol)
+    feats = embed_protocol(fn, images_for(protocol), protocol, batch_size=32)
+    summaries = summarize(search_features(feats, protocol), protocol)
     assert [(s["mode"], s["feature"]) for s in summaries] == [
         ("all", "fc"), ("all", "pool"), ("indoor", "fc"), ("indoor", "pool")]
-    plain = ev.format_table(summaries, {"flip": False, "rerank": False})
+    plain = format_table(summaries, {"flip": False, "rerank": False})
     assert "TTA" not in plain and "re-ranking" not in plain
-    table = ev.format_table(summaries, {"flip": True, "rerank": True})
+    table = format_table(summaries, {"flip": True, "rerank": True})
     lines = table.splitlines()
     assert "flip TTA: on" in lines[0] and "re-ranking: on" in lines[0]
     assert len(lines) == 2 + 4 and lines[2].split()[:2] == ["all", "fc"]
     assert f"{summaries[0]['mean']['rank1']:.2f}±" in lines[2]
-    doc = ev.write_metrics_json(tmp_path / "out" / "metrics.json", summaries, "indoor",
+    doc = write_metrics_json(tmp_path / "out" / "metrics.json", summaries, "indoor",
                                 {"flip": False, "rerank": True})
     on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert on_disk == doc
@@ -185,15 +187,15 @@ def test_summaries_table_and_metrics_json(tmp_path):
     assert doc["trials"] == summaries[2]["trials"] and doc["results"] == summaries
     assert doc["options"] == {"flip": False, "rerank": True}
     with pytest.raises(InputError, match="no 'fc' summary for setting 'visible2thermal'"):
-        ev.write_metrics_json(tmp_path / "x.json", summaries, "visible2thermal")
+        write_metrics_json(tmp_path / "x.json", summaries, "visible2thermal")
 
 
 def test_rerank_option_runs_and_changes_the_distances():
     protocol = regdb_protocol(num_ids=8, per_id=4)
     fn = Counting(protocol)
-    feats = ev.embed_protocol(fn, images_for(protocol), protocol)
-    plain = ev.evaluate_features(feats, protocol)
-    reranked = ev.evaluate_features(feats, protocol, rerank=True)
+    feats = embed_protocol(fn, images_for(protocol), protocol)
+    plain = search_features(feats, protocol)
+    reranked = search_features(feats, protocol, rerank=True)
     assert [r["mAP"] for r in plain] != [r["mAP"] for r in reranked]
     assert all(0 < r["mAP"] <= 1 for r in reranked)
 
@@ -202,12 +204,12 @@ def test_bad_inputs_name_the_problem():
     protocol = regdb_protocol()
     fn = Counting(protocol)
     with pytest.raises(InputError, match="has 29 rows but the protocol lists 30 images"):
-        ev.embed_protocol(fn, images_for(protocol)[:-1], protocol)
-    feats = ev.embed_protocol(fn, images_for(protocol), protocol)
+        embed_protocol(fn, images_for(protocol)[:-1], protocol)
+    feats = embed_protocol(fn, images_for(protocol), protocol)
     partial = {k: v[1:] for k, v in feats.items()}
     with pytest.raises(InputError, match=r"no feature for 1 protocol images \(first: index 0, "
                                            r"img0.png\)"):
-        ev.evaluate_features(partial, protocol)
+        search_features(partial, protocol)
 
 
 def test_llcm_table_widens_the_setting_column_and_footnotes_deens_visible2infrared():
@@ -216,11 +218,11 @@ def test_llcm_table_widens_the_setting_column_and_footnotes_deens_visible2infrar
     ir, vis = np.arange(8), np.arange(8, len(recs))
     searches = [Search("infrared2visible", 0, ir, vis), Search("visible2infrared", 0, ir, vis)]
     protocol = make(proto.TestProtocol, "llcm", recs, searches)
-    feats = ev.embed_protocol(Counting(protocol), images_for(protocol), protocol)
-    summaries = ev.summarize(ev.evaluate_features(feats, protocol), protocol)
+    feats = embed_protocol(Counting(protocol), images_for(protocol), protocol)
+    summaries = summarize(search_features(feats, protocol), protocol)
     assert [(s["mode"], s["direction"]) for s in summaries[::2]] == [
         (None, "infrared2visible"), (None, "visible2infrared")]
-    lines = ev.format_table(summaries).splitlines()
+    lines = format_table(summaries).splitlines()
     assert lines[2].split()[:2] == ["infrared2visible", "fc"]
     assert lines[4].split()[:2] == ["visible2infrared*", "fc"]
     assert lines[-1] == ("* visible2infrared (DEEN: sampled IR as queries, every visible image "
@@ -232,7 +234,7 @@ def test_test_data_counts_per_trial_and_hash_by_hand():
     SHA-256 of one 'relative path, id, camera, modality' line per image."""
     import hashlib
 
-    from tskd.results import describe_test_data, format_table
+    from tskd.runner.metrics_file import describe_test_data, format_table
 
     root = "/data/SYSU"
     paths = [f"{root}/cam3/0001/a.jpg", f"{root}/cam3/0002/b.jpg", f"{root}/cam1/0001/c.jpg",
@@ -252,7 +254,7 @@ def test_test_data_counts_per_trial_and_hash_by_hand():
     assert data["settings"] == {
         "all": {"queries": 2, "query_ids": 2, "gallery": 2, "gallery_ids": [2, 1]},
         "indoor": {"queries": 1, "query_ids": 1, "gallery": 3, "gallery_ids": 2}}
-    summaries = ev.summarize(ev.evaluate_features(
+    summaries = summarize(search_features(
         {"index": torch.arange(5), "fc": F.normalize(torch.randn(5, 4), dim=1)}, p), p)
     assert format_table(summaries, {}, data).splitlines()[1] == (
         f"test lists {data['lists_sha256'][:12]}: 5 images, 2 ids; all: 2 queries (2 ids), "

@@ -1,4 +1,4 @@
-"""ONNX export per modality (tskd.export): files, dynamic batch, outputs equal to PyTorch."""
+"""ONNX export per modality (tskd.apps.export): files, dynamic batch, outputs equal to PyTorch."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import torch
 from onnx import numpy_helper
 from tiny_model import IMG_SIZE, make_non_finite_checkpoint
 
-from tskd import export
+from tskd.apps import export
+from tskd.apps.export import check_onnx, export_onnx, main
+from tskd.core.errors import CheckpointError
 from tskd.data.transforms import normalize_batch
-from tskd.errors import CheckpointError
-from tskd.export import check_onnx, export_onnx, main
-from tskd.inference import Embedder, prepare_image
+from tskd.features.images import Embedder, prepare_image
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_check_fails_loudly_for_a_non_finite_model(exported, tmp_path, capsys, m
     poisoned = tmp_path / "poisoned.onnx"
     onnx.save(model, str(poisoned))
     assert check_onnx(poisoned, ckpt, "visible") == math.inf
-    # such a difference fails tskd.export --check loudly, exit 2
+    # such a difference fails tskd.apps.export --check loudly, exit 2
     monkeypatch.setattr(export, "check_onnx", lambda *a, **k: math.inf)
     assert main([str(ckpt), "--out", str(tmp_path / "o2"), "--check"]) == 2
     err = capsys.readouterr().err

@@ -12,9 +12,9 @@ import torch
 from conftest import TINY
 from hydra import compose, initialize_config_dir
 
-from tskd import checkpoint_io
-from tskd.checkpoint_io import write_checkpoint
-from tskd.errors import CheckpointError, ConfigError
+from tskd.checkpoints import saving as checkpoint_io
+from tskd.checkpoints.saving import write_checkpoint
+from tskd.core.errors import CheckpointError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,9 +72,10 @@ def _without(ckpt: Path, out: Path, key: str) -> Path:
 
 @pytest.mark.parametrize("key", ["img_size", "hyper_parameters"])
 def test_checkpoint_lacking_what_the_tools_read(tiny, tmp_path, capsys, key):
-    from tskd.export import main as export_main
-    from tskd.inference import Embedder
-    from tskd.run import eval_dataset, load_checkpoint
+    from tskd.apps.export import main as export_main
+    from tskd.checkpoints.eval_data import eval_dataset
+    from tskd.checkpoints.loading import load_checkpoint
+    from tskd.features.images import Embedder
 
     bad = _without(tiny[0], tmp_path / "cut.ckpt", key)
     with pytest.raises(CheckpointError) as err:
@@ -102,7 +103,7 @@ def test_a_tskd_checkpoint_given_as_imagenet_weights_points_to_ckpt(tiny):
 
 @pytest.mark.parametrize("key", ["paths.output_dir", "callbacks.model_checkpoint.dirpath"])
 def test_unwritable_run_or_checkpoint_dir_is_found_before_training(tmp_path, key):
-    from tskd.run import train
+    from tskd.runner.run import train
 
     blocker = tmp_path / "a_file"
     blocker.write_text("in the way")  # a file where a folder is needed: fails even as root

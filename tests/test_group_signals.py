@@ -85,7 +85,7 @@ def test_group_signal_with_loader_workers_ends_interrupted(tmp_path, sig, code):
 
 MECHANISM = '''
 import os, signal, sys, time
-from tskd import entry
+from tskd.core import entry
 
 entry.install_signal_handlers()
 what = sys.argv[1]

@@ -50,8 +50,8 @@ def _under(name: str, package: str) -> bool:
 
 def test_the_graph_is_read_from_every_module():
     graph = _graph()
-    assert {"tskd.data.registry", "tskd.metrics.search", "tskd.embedding", "tskd.results",
-            "tskd.run", "tskd.visualize"} <= set(graph)
+    assert {"tskd.data.registry", "tskd.metrics.search", "tskd.features.protocol", "tskd.runner.metrics_file",
+            "tskd.runner.run", "tskd.apps.visualize"} <= set(graph)
     assert "tskd.data.registry" in graph["tskd.data.datamodule"]
     assert "tskd.metrics.search" in graph["tskd.metrics.retrieval"]
     assert "tskd.metrics.retrieval" in graph["tskd.models.protocol_evaluation"]
@@ -60,11 +60,11 @@ def test_the_graph_is_read_from_every_module():
 def test_layers_import_downwards_only():
     graph = _graph()
     rules = {"tskd.data": ("tskd.models", "tskd.losses", "tskd.metrics", "tskd.evaluation",
-                           "tskd.run"),
-             "tskd.metrics": ("tskd.models", "tskd.evaluation", "tskd.run"),
+                           "tskd.runner.run"),
+             "tskd.metrics": ("tskd.models", "tskd.evaluation", "tskd.runner.run"),
              # labels, draws, diagnostics: below the data layer, which reads them
              "tskd.supervision": ("tskd.data", "tskd.models", "tskd.metrics", "tskd.evaluation",
-                                  "tskd.run")}
+                                  "tskd.runner.run")}
     bad = [(m, i) for m, imports in graph.items() for layer, banned in rules.items()
            if _under(m, layer) for i in imports if any(_under(i, b) for b in banned)]
     assert bad == []
@@ -97,7 +97,7 @@ def test_no_import_cycle_among_tskd_modules():
 
 
 def test_the_training_system_is_fed_its_data_explicitly():
-    """The module and its passes get loaders and protocol as arguments (tskd.run wires them)."""
+    """The module and its passes get loaders and protocol as arguments (tskd.runner.run wires them)."""
     package = Path(tskd.__file__).parent
     reaching = [str(p.relative_to(package)) for p in sorted(package.rglob("*.py"))
                 if "trainer.datamodule" in p.read_text()]

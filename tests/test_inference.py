@@ -1,4 +1,4 @@
-"""The embedding API (tskd.inference) and the folder CLI (python -m tskd.embed).
+"""The embedding API (tskd.features.images) and the folder CLI (python -m tskd.apps.embed).
 
 A tiny untrained resnet18 checkpoint (random BatchNorm statistics so every layer matters) and a
 small synthetic SYSU-layout dataset stand in for a trained model (tests/tiny_model.py, the
@@ -19,10 +19,10 @@ from helpers import configs
 from PIL import Image
 from tiny_model import IMG_SIZE, SOURCE_SIZE, make_non_finite_checkpoint
 
+from tskd.core.errors import CheckpointError, DatasetError, InputError
 from tskd.data.datamodule import ReIDDataModule
 from tskd.data.protocol import INFRARED, VISIBLE
-from tskd.errors import CheckpointError, DatasetError, InputError
-from tskd.inference import Embedder, list_images, parse_modality
+from tskd.features.images import Embedder, list_images, parse_modality
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def embedder(tiny):
 
 
 def test_embed_matches_evaluation_features(tiny, embedder):
-    from tskd.evaluation import embed_protocol
+    from tskd.features.protocol import embed_protocol
 
     ckpt, root = tiny
     dm = ReIDDataModule(configs.dataset(root=str(root), img_h=IMG_SIZE[0], img_w=IMG_SIZE[1],
@@ -98,7 +98,7 @@ def test_bad_checkpoints(tmp_path):
 
 
 def test_embed_cli_writes_features_and_index(tiny, embedder, tmp_path, capsys):
-    from tskd.embed import main
+    from tskd.apps.embed import main
 
     _, root = tiny
     folder = tmp_path / "photos"
@@ -122,7 +122,7 @@ def test_embed_cli_writes_features_and_index(tiny, embedder, tmp_path, capsys):
 
 
 def test_embed_cli_errors(tiny, tmp_path, capsys):
-    from tskd.embed import main
+    from tskd.apps.embed import main
 
     ckpt, root = tiny
     (tmp_path / "empty" / "sub").mkdir(parents=True)
@@ -136,7 +136,7 @@ def test_embed_cli_errors(tiny, tmp_path, capsys):
 
 
 def test_embed_cli_refuses_to_overwrite_unless_asked(tiny, tmp_path, capsys):
-    from tskd.embed import main
+    from tskd.apps.embed import main
 
     ckpt, root = tiny
     run = tmp_path / "run"
@@ -158,7 +158,7 @@ def test_embed_cli_refuses_to_overwrite_unless_asked(tiny, tmp_path, capsys):
 
 
 def test_non_finite_features_are_refused_naming_the_checkpoint(tiny, tmp_path, capsys):
-    from tskd.embed import main
+    from tskd.apps.embed import main
 
     ckpt, root = tiny
     bad = make_non_finite_checkpoint(ckpt, tmp_path / "diverged.ckpt")
@@ -182,7 +182,7 @@ def test_non_finite_features_are_refused_naming_the_checkpoint(tiny, tmp_path, c
 
 
 def test_embed_out_naming_a_folder_writes_inside_it(tiny, tmp_path):
-    from tskd.embed import main
+    from tskd.apps.embed import main
 
     ckpt, root = tiny
     args = [str(ckpt), str(root / "cam3"), "--modality", "infrared", "--out"]
@@ -198,7 +198,7 @@ def test_embed_out_naming_a_folder_writes_inside_it(tiny, tmp_path):
 
 def test_overwrite_keeps_the_pair_consistent_across_a_failure(tiny, tmp_path, monkeypatch,
                                                               capsys):
-    from tskd.embed import main
+    from tskd.apps.embed import main
 
     ckpt, root = tiny
     out, index = tmp_path / "f.npy", tmp_path / "f.json"

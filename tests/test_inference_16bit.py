@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 
 from tskd.data.cache import load_image
-from tskd.inference import prepare_image
+from tskd.features.images import prepare_image
 
 
 def test_16_bit_pil_image_matches_the_cache_path(tmp_path):

@@ -23,15 +23,16 @@ import pytest
 import torch
 from conftest import REPO, TINY
 
-from tskd.checkpoint import load_checkpoint
-from tskd.checkpoint_io import AtomicCheckpointIO, previous_path, write_checkpoint
-from tskd.errors import CheckpointError
+from tskd.checkpoints.loading import load_checkpoint
+from tskd.checkpoints.saving import AtomicCheckpointIO, write_checkpoint
+from tskd.core.errors import CheckpointError
+from tskd.core.files import previous_path
 
 DEADLINE = 600  # seconds any one wait may take on a loaded machine before the test gives up
 
 
 def _fake_ckpt(epoch: int) -> dict:
-    """The smallest dict tskd.checkpoint.load_checkpoint accepts, tagged with its epoch."""
+    """The smallest dict tskd.checkpoints.loading.load_checkpoint accepts, tagged with its epoch."""
     return {"tskd": {"format": 2, "dataset": "sysu"}, "epoch": epoch,
             "state_dict": {"w": torch.full((20000,), float(epoch))}}
 
@@ -103,7 +104,7 @@ from pathlib import Path
 
 import torch
 
-from tskd.checkpoint_io import write_checkpoint
+from tskd.checkpoints.saving import write_checkpoint
 
 path, marker = Path(sys.argv[1]), Path(sys.argv[2])
 make = lambda e: {"tskd": {"format": 2}, "epoch": e,

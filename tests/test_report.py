@@ -1,4 +1,5 @@
-"""Tests of tskd.report: sweep summaries from hand-written run dirs, the CLI, the Hydra callback."""
+"""Tests of tskd.apps.report: sweep summaries from hand-written run dirs, the CLI, the Hydra
+callback."""
 
 import json
 import math
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tskd.errors import InputError
-from tskd.report import collect_runs, format_summary, main, summarize_sweep, write_summary
+from tskd.apps.report import collect_runs, format_summary, main, summarize_sweep, write_summary
+from tskd.core.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}  # subprocesses import tskd from this checkout
@@ -145,8 +146,8 @@ def test_cli_subprocess_on_partial_sweep(tmp_path):
     _run(root, "0", ["dataset.trial=1"], _regdb_metrics(1, 80, 70, 78, 60))
     _run(root, "1", ["dataset.trial=2"], _regdb_metrics(2, 90, 70, 78, 60))
     _run(root, "2", ["dataset.trial=3"])
-    proc = subprocess.run([sys.executable, "-m", "tskd.report", str(root)], capture_output=True,
-                          text=True, env=ENV, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "tskd.apps.report", str(root)],
+                          capture_output=True, text=True, env=ENV, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "85.00±5.00" in proc.stdout and "INCOMPLETE: run 2 (trial 3, (defaults))" in proc.stdout
     assert json.loads((root / "summary.json").read_text())["counts"]["incomplete"] == 1
@@ -241,7 +242,7 @@ hydra:
   sweep: {subdir: "${hydra.job.num}"}
   callbacks:
     sweep_summary:
-      _target_: tskd.report.SweepSummaryCallback
+      _target_: tskd.apps.report.SweepSummaryCallback
 """
 
 
@@ -289,7 +290,7 @@ def test_hydra_sweep_with_raising_job_still_summarised(app_dir):
 
 def test_hydra_sweep_killed_mid_way_and_single_run(app_dir):
     # Killed during the third job: the summary written after the second job survives, and
-    # tskd.report afterwards shows the killed run as incomplete.
+    # tskd.apps.report afterwards shows the killed run as incomplete.
     proc, sweep_dir = _hydra_sweep(app_dir, "killed_sweep", "1,2,4")
     assert proc.returncode == 3
     summary = json.loads((sweep_dir / "summary.json").read_text())
@@ -344,7 +345,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from tskd.entry import guarded, record_failure
+from tskd.core.entry import guarded, record_failure
 
 
 @hydra.main(version_base="1.3", config_path=".", config_name="config")

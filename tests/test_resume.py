@@ -1,6 +1,6 @@
 """Resuming (``train.py ... ckpt=last.ckpt``) is refused under other settings, before data work.
 
-tskd.run.train runs in-process on configs composed by Hydra; the checkpoints are written as
+tskd.runner.run.train runs in-process on configs composed by Hydra; the checkpoints are written as
 train.py writes them (see tests/test_eval_from_checkpoint.py). Every refusal must come before
 a cache is built, so each test also checks that the dataset folder gained no ``tskd_cache``.
 """
@@ -11,8 +11,10 @@ import pytest
 import torch
 from test_eval_from_checkpoint import SMALL, compose_config, regdb_tree, sysu_tree, write_checkpoint
 
-from tskd.errors import CheckpointError
-from tskd.run import check_resume, load_checkpoint, train
+from tskd.checkpoints.loading import load_checkpoint
+from tskd.checkpoints.resume import check_resume
+from tskd.core.errors import CheckpointError
+from tskd.runner.run import train
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from tskd.errors import ConfigError
-from tskd.run_dir import LOCK_FILE, claim, release
+from tskd.core.errors import ConfigError
+from tskd.runner.run_dir import LOCK_FILE, claim, release
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 

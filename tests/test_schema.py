@@ -12,13 +12,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tskd.checks import number
+from tskd.checkpoints.resume import check_resume
 from tskd.config import LossConfig, TrainConfig, validate
-from tskd.errors import CheckpointError, ConfigError
-from tskd.run import check_resume
-from tskd.schema import MAY_DIFFER, MUST_MATCH, group, setting
+from tskd.core.checks import number
+from tskd.core.errors import CheckpointError, ConfigError
+from tskd.core.schema import MAY_DIFFER, MUST_MATCH, group, setting
+from tskd.runner.trainer import build_trainer, device_settings
 from tskd.supervision.modes import LABEL_SPLITS, SUPERVISION_MODES
-from tskd.trainer import build_trainer, device_settings
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -54,7 +54,7 @@ def toy():
 
 
 def test_toy_dataset_trains_and_evaluates(toy, tmp_path, data_dir, capsys):
-    from tskd.run import evaluate, train
+    from tskd.runner.run import evaluate_checkpoint, train
 
     run = tmp_path / "train"
     cfg = compose_config("train", [
@@ -72,7 +72,7 @@ def test_toy_dataset_trains_and_evaluates(toy, tmp_path, data_dir, capsys):
     out = tmp_path / "eval"
     cfg = compose_config("eval", [f"ckpt={run / 'checkpoints' / 'last.ckpt'}",
                                   "data.num_workers=0", f"paths.output_dir={out}"])
-    evaluated = evaluate(cfg, [])
+    evaluated = evaluate_checkpoint(cfg, [])
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["dataset"] == "toy" and on_disk["results"] == trained["results"]
     assert evaluated["results"] == trained["results"]

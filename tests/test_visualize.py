@@ -1,4 +1,5 @@
-"""Ranked-list pictures (tskd.visualize): layout, border colours, ranking maths, the Hydra app."""
+"""Ranked-list pictures (tskd.apps.visualize): layout, border colours, ranking maths, the Hydra
+app."""
 
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ from conftest import run_entry
 from PIL import Image
 from tiny_model import REPO
 
-from tskd.data.protocol import INFRARED, VISIBLE
-from tskd.errors import ConfigError, DatasetError
-from tskd.visualize import (
+from tskd.apps.visualize import (
     BORDER,
     GREEN,
     MODALITY_COLOURS,
@@ -28,6 +27,8 @@ from tskd.visualize import (
     render_ranked_list,
     select_queries,
 )
+from tskd.core.errors import ConfigError, DatasetError
+from tskd.data.protocol import INFRARED, VISIBLE
 
 
 def _tile(value: int, modality: int, correct=None, size=(40, 20)) -> Tile:
@@ -139,7 +140,7 @@ def _app_args(tiny, run_dir, *extra):
 
 def test_app_writes_worst_queries_grid(tiny, tmp_path):
     run = tmp_path / "run"
-    run_entry("-m tskd.visualize", _app_args(tiny, run, "vis.num_queries=3", "vis.topk=4"),
+    run_entry("-m tskd.apps.visualize", _app_args(tiny, run, "vis.num_queries=3", "vis.topk=4"),
               timeout=120)
     png = run / "ranked_lists" / "all_trial0_worst.png"
     img = Image.open(png)
@@ -164,7 +165,7 @@ def test_app_writes_worst_queries_grid(tiny, tmp_path):
 
 def test_app_chosen_queries_scaled_indoor(tiny, tmp_path):
     run = tmp_path / "run"
-    run_entry("-m tskd.visualize", _app_args(tiny, run, "mode=indoor", "vis.queries=[0,2]",
+    run_entry("-m tskd.apps.visualize", _app_args(tiny, run, "mode=indoor", "vis.queries=[0,2]",
                                              "vis.topk=2", "vis.scale=2"), timeout=120)
     png = run / "ranked_lists" / "indoor_trial0_chosen.png"
     assert Image.open(png).size == grid_size(2, 2, 128, 64)
@@ -176,7 +177,7 @@ def test_app_chosen_queries_scaled_indoor(tiny, tmp_path):
 def test_bad_options_refused_before_loading(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from tskd.visualize import write_ranked_lists
+    from tskd.apps.visualize import write_ranked_lists
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose("visualize", overrides=[
@@ -203,7 +204,7 @@ def _compose_visualize(overrides):
 
 def test_app_from_the_checkpoint_alone(tiny, tmp_path):
     """No dataset key: the checkpoint's dataset, root and image size; only the test cache."""
-    from tskd.visualize import write_ranked_lists
+    from tskd.apps.visualize import write_ranked_lists
 
     ckpt, root = tiny
     overrides = [f"ckpt={ckpt}", "data.num_workers=0", "vis.num_queries=2", "vis.topk=3",
@@ -216,7 +217,7 @@ def test_app_from_the_checkpoint_alone(tiny, tmp_path):
 
 
 def test_setting_of_the_other_dataset_refused_once_the_checkpoint_is_read(tiny, tmp_path):
-    from tskd.visualize import write_ranked_lists
+    from tskd.apps.visualize import write_ranked_lists
 
     ckpt, root = tiny
     overrides = [f"ckpt={ckpt}", "vis.setting=visible2thermal",
@@ -228,7 +229,7 @@ def test_setting_of_the_other_dataset_refused_once_the_checkpoint_is_read(tiny, 
 
 
 def test_non_finite_non_integer_and_file_options_refused_before_loading(tmp_path):
-    from tskd.visualize import write_ranked_lists
+    from tskd.apps.visualize import write_ranked_lists
 
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")

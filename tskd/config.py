@@ -4,14 +4,14 @@ Each group is a dataclass (:class:`ModelConfig`, :class:`LossConfig` with its
 :class:`GMMConfig`, :class:`OptimConfig`, :class:`SupervisionConfig`, ...; ``dataset`` and
 ``data`` are the data layer's, :mod:`tskd.data.config`, ``supervision`` its package's,
 :mod:`tskd.supervision.config`, and ``trainer`` the Trainer's,
-:class:`tskd.trainer.TrainerConfig`), composed into :class:`TrainConfig`, :class:`EvalConfig`
-and (in :mod:`tskd.visualize`) the ranked-list app's schema. A value and its comment live once,
-in the YAML; a field holds the type, the check (ranges, and option sets imported from the
-modules that own them) and the resume rule (:mod:`tskd.schema`). Adding a key means its YAML
-value and its field, nothing else.
+:class:`tskd.core.trainer_config.TrainerConfig`), composed into :class:`TrainConfig`,
+:class:`EvalConfig` and (in :mod:`tskd.apps.visualize`) the ranked-list app's schema. A value
+and its comment live once, in the YAML; a field holds the type, the check (ranges, and option
+sets imported from the modules that own them) and the resume rule (:mod:`tskd.core.schema`).
+Adding a key means its YAML value and its field, nothing else.
 
 :func:`validate` checks a composed config against a schema before any data work and raises one
-:class:`~tskd.errors.ConfigError` listing every problem with its key, value and fix: a wrong
+:class:`~tskd.core.errors.ConfigError` listing every problem with its key, value and fix: a wrong
 type, a value out of range, an option its owner does not have, a missing key (a default never
 lives in code as well), and a key no schema knows (``+loss.md_weight=0.5``), with the closest
 known key. Legal but suspicious values are logged as warnings. The schemas are also stored in
@@ -33,8 +33,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-import tskd.resolvers  # noqa: F401  (dataset roots interpolate ${tskd.cwd:})
-from tskd.checks import (
+import tskd.core.resolvers  # noqa: F401  (dataset roots interpolate ${tskd.cwd:})
+from tskd.core.checks import (
     boolean,
     epochs_list,
     integer,
@@ -45,14 +45,8 @@ from tskd.checks import (
     text,
     weights,
 )
-from tskd.data.config import DataConfig, DatasetConfig, EvalDataConfig, SyntheticConfig
-from tskd.data.sysu import GALLERY_CAMS
-from tskd.errors import ConfigError
-from tskd.losses.mmd import MD_BANDWIDTHS, MD_FORMS
-from tskd.losses.self_mimic import PROTOTYPE_NORMS, SM_FORMS, SM_METRICS
-from tskd.models.components.backbone import BACKBONES, LAST_STRIDES
-from tskd.models.epoch_passes import GMM_PASSES
-from tskd.schema import (
+from tskd.core.errors import ConfigError
+from tskd.core.schema import (
     MAY_DIFFER,
     MUST_MATCH,
     Schema,
@@ -63,8 +57,14 @@ from tskd.schema import (
     plain_tree,
     setting,
 )
+from tskd.core.trainer_config import TrainerConfig
+from tskd.data.config import DataConfig, DatasetConfig, EvalDataConfig, SyntheticConfig
+from tskd.data.sysu import GALLERY_CAMS
+from tskd.losses.mmd import MD_BANDWIDTHS, MD_FORMS
+from tskd.losses.self_mimic import PROTOTYPE_NORMS, SM_FORMS, SM_METRICS
+from tskd.models.components.backbone import BACKBONES, LAST_STRIDES
+from tskd.models.epoch_passes import GMM_PASSES
 from tskd.supervision.config import SupervisionConfig
-from tskd.trainer import TrainerConfig
 
 __all__ = ["DataConfig", "DatasetConfig", "EvalConfig", "EvalDataConfig", "EvalOptions",
            "EvalPassOptions", "GMMConfig", "LossConfig", "ModelConfig", "OptimConfig",

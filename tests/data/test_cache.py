@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tskd.core.errors import DatasetError
 from tskd.data import cache
 from tskd.data.cache import cached_images, load_image, manifest_path, standard_train_arrays
-from tskd.errors import DatasetError
 
 SIZE = (24, 12)  # (h, w)
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from helpers import configs
 
+from tskd.core.errors import DatasetError
 from tskd.data import sysu
 from tskd.data.datamodule import ReIDDataModule, default_cache_dir
 from tskd.data.protocol import INFRARED, VISIBLE
 from tskd.data.synthetic import make_regdb, make_sysu
-from tskd.errors import DatasetError
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +142,8 @@ def test_num_workers_auto_follows_the_process_cpus(monkeypatch):
 def test_num_workers_auto_reaches_the_loaders(monkeypatch, sysu_root):
     from hydra import compose, initialize_config_dir
 
+    from tskd.checkpoints.eval_data import build_datamodule
     from tskd.config import validate
-    from tskd.run import build_datamodule
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
     folder = str(Path(__file__).resolve().parents[2] / "configs")

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from tskd.core.errors import DatasetError
 from tskd.data.datasets import CachedImageSet, CrossModalityTrainSet, TestImageSet
 from tskd.data.samplers import CrossModalityIdentitySampler
 from tskd.data.transforms import TrainTransform, eval_transform
-from tskd.errors import DatasetError
 
 H, W = 32, 16
 

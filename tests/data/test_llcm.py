@@ -8,8 +8,8 @@ import random
 import pytest
 from PIL import Image
 
+from tskd.core.errors import DatasetError
 from tskd.data import llcm
-from tskd.errors import DatasetError
 
 TEST = [31, 2, 40, 9, 1064]
 # (modality, pid) -> {cam: number of images}. Id 9 has no infrared image at all; id 40 has one

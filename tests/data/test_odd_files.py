@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
+from tskd.core.errors import DatasetError
 from tskd.data import llcm, regdb, sysu
 from tskd.data.synthetic import make_llcm, make_regdb, make_sysu
-from tskd.errors import DatasetError
 
 SMALL = {"size": (16, 8)}
 

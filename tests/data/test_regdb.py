@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
+from tskd.core.errors import DatasetError
 from tskd.data import regdb
-from tskd.errors import DatasetError
 
 IDS = range(1, 9)  # 8 identities, 3 images per modality
 SPLITS = {1: [2, 5, 7, 8], 2: [1, 3, 4, 6]}  # training ids of the trials written below

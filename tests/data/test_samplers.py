@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tskd.core.errors import DatasetError
 from tskd.data.samplers import CrossModalityIdentitySampler
-from tskd.errors import DatasetError
 
 P, K = 3, 4
 

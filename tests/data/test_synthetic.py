@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tskd.core.errors import DatasetError
 from tskd.data import llcm, regdb, synthetic, sysu
-from tskd.errors import DatasetError
 
 SMALL_SYSU = dict(num_train=6, num_val=2, num_test=9, images_per_cam=2, size=(32, 16))
 SMALL_REGDB = dict(num_ids=8, images_per_modality=2, size=(32, 16))

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tskd.core.errors import DatasetError
 from tskd.data import synthetic, sysu
-from tskd.errors import DatasetError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,8 +7,8 @@ import random
 import pytest
 from PIL import Image
 
+from tskd.core.errors import DatasetError
 from tskd.data import sysu
-from tskd.errors import DatasetError
 
 TRAIN, VAL, TEST = [3, 12, 7], [25, 20], [31, 2, 40, 9, 15]
 # pid -> {cam: number of images}. Validation ids have no cam1/cam2; some test ids lack cameras;

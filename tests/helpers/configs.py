@@ -18,7 +18,7 @@ from tskd.config import (
     SupervisionConfig,
     yaml_values,
 )
-from tskd.schema import build
+from tskd.core.schema import build
 
 
 def _merged(base: dict, fields: dict) -> dict:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tskd.errors import InputError, NonFiniteLossError
+from tskd.core.errors import InputError, NonFiniteLossError
 from tskd.losses import gmm_confidence, visible_view_confidences
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tskd.errors import InputError, NonFiniteLossError
+from tskd.core.errors import InputError, NonFiniteLossError
 from tskd.losses import (
     MixtureFit,
     fit_loss_mixture,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tskd.errors import InputError
+from tskd.core.errors import InputError
 from tskd.metrics import evaluate_regdb, evaluate_sysu
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "metrics.py"

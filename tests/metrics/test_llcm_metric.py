@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tskd.errors import InputError
+from tskd.core.errors import InputError
 from tskd.metrics import evaluate_llcm, evaluate_sysu
 
 

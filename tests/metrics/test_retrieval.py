@@ -13,10 +13,10 @@ import torch.multiprocessing as mp
 from test_evaluation import sysu_protocol as toy_sysu_protocol  # noqa: E402  (tests/ on sys.path)
 from torch.utils.data import DistributedSampler
 
+from tskd.core.errors import InputError
 from tskd.data import protocol as proto
-from tskd.errors import InputError
-from tskd.evaluation import evaluate_features, summarize
 from tskd.metrics.retrieval import RetrievalMetric
+from tskd.metrics.search import search_features, summarize
 
 
 def sysu_protocol(num_ids: int = 7, trials: int = 3) -> proto.TestProtocol:
@@ -53,7 +53,7 @@ def test_compute_equals_the_engine_and_drops_repeats():
     protocol = sysu_protocol()
     pool, fc = features(protocol)
     needed = protocol.needed()
-    engine = summarize(evaluate_features(
+    engine = summarize(search_features(
         {"index": needed, "pool": pool[needed], "fc": fc[needed]}, protocol), protocol)
     metric = RetrievalMetric(protocol)
     rows = np.concatenate([needed[::-1], needed[:5]])  # any order, some images twice

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from tskd.errors import CheckpointError
+from tskd.core.errors import CheckpointError
 from tskd.models.components import TwoStreamNet
 from tskd.models.components.pretrained import resolve_pretrained, weights_file_name
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_evaluation import sysu_protocol  # noqa: E402  (tests/ on sys.path)
 
-from tskd.metrics.search import evaluate_features, summarize
+from tskd.metrics.search import search_features, summarize
 from tskd.models.protocol_evaluation import ProtocolEvaluation
 
 
@@ -38,7 +38,7 @@ def test_a_test_pass_returns_the_engines_summaries_and_logs_each_setting():
     protocol = sysu_protocol(num_ids=7, trials=3, shots=2)
     pool, fc = features(protocol)
     needed = protocol.needed()
-    engine = summarize(evaluate_features(
+    engine = summarize(search_features(
         {"index": needed, "pool": pool[needed], "fc": fc[needed]}, protocol), protocol)
     evaluation, module, trainer = ProtocolEvaluation(protocol), FakeModule(), SimpleNamespace()
     with pytest.raises(RuntimeError, match="no test pass has finished"):

@@ -12,7 +12,7 @@ from helpers import configs
 from torch.utils.data import DataLoader, TensorDataset
 
 from tskd.config import LossConfig, OptimConfig
-from tskd.errors import InputError, NonFiniteLossError
+from tskd.core.errors import InputError, NonFiniteLossError
 from tskd.losses import gmm_confidence, per_sample_ce, visible_view_confidences
 from tskd.models.epoch_passes import ConfidencePass, PrototypePass
 from tskd.models.tskd_module import TSKDModule  # noqa: E402

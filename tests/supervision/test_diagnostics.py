@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from tskd.errors import InputError
+from tskd.core.errors import InputError
 from tskd.supervision.diagnostics import auc, noise_diagnostics, weak_diagnostics
 
 

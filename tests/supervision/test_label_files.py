@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from tskd.errors import DatasetError, InputError
+from tskd.core.errors import DatasetError, InputError
 from tskd.supervision.label_files import (
     noise_file_paths,
     read_noise_files,

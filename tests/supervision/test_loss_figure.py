@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tskd.errors import InputError
+from tskd.core.errors import InputError
 from tskd.losses import fit_loss_mixture, fit_visible_mixture
 from tskd.supervision.loss_figure import LossPanel, loss_histogram_png, loss_histograms_png
 

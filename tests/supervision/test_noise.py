@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from tskd.errors import DatasetError, InputError
+from tskd.core.errors import DatasetError, InputError
 from tskd.supervision import noise as noise_module
 from tskd.supervision.label_files import noise_file_paths
 from tskd.supervision.noise import NoiseDraw, cached_noise, draw_noise, noise_key

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tskd.errors import InputError
+from tskd.core.errors import InputError
 from tskd.supervision.modes import LABEL_SPLITS
 from tskd.supervision.split import LabelSplit, draw_split
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tskd.core.errors import CheckpointError, DatasetError
+from tskd.core.schema import build
 from tskd.data.samplers import CrossModalityIdentitySampler
-from tskd.errors import CheckpointError, DatasetError
 from tskd.models.schedule import lr_factor, stage
-from tskd.schema import build
 from tskd.supervision.config import SupervisionConfig
 from tskd.supervision.label_files import write_noise_files
 from tskd.supervision.labels import UNLABELLED, training_labels

@@ -43,9 +43,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from tskd.core.errors import DatasetError
 from tskd.data.cache_integrity import array_digest, fingerprint, reserve_space
 from tskd.data.layout import require_utf8_name
-from tskd.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

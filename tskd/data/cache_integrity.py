@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tskd.errors import DatasetError
+from tskd.core.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

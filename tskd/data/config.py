@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tskd.checks import (
+from tskd.core.checks import (
     boolean,
     integer,
     names_list,
@@ -20,11 +20,11 @@ from tskd.checks import (
     text,
     workers,
 )
+from tskd.core.errors import DatasetError
+from tskd.core.schema import MATCH_IF_SPLIT, MAY_DIFFER, MUST_MATCH, Schema, group, setting
 from tskd.data import registry
 from tskd.data.synthetic import LAYOUTS
 from tskd.data.transforms import GRAY_DRAWS
-from tskd.errors import DatasetError
-from tskd.schema import MATCH_IF_SPLIT, MAY_DIFFER, MUST_MATCH, Schema, group, setting
 
 MAX_AUTO_WORKERS = 8  # more loader workers than this per device only add memory
 MIN_SIDE = 16  # the network downsamples by 16: a smaller side leaves no feature map

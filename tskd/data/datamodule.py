@@ -26,6 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from tskd.core.errors import DatasetError, InputError
 from tskd.data import registry
 from tskd.data.cache import cached_images
 from tskd.data.config import MAX_AUTO_WORKERS, DataConfig, DatasetConfig, EvalDataConfig
@@ -40,7 +41,6 @@ from tskd.data.protocol import VISIBLE, TestProtocol
 from tskd.data.samplers import CrossModalityIdentitySampler, FreshDrawBatches
 from tskd.data.synthetic import ensure_synthetic
 from tskd.data.transforms import TrainTransform
-from tskd.errors import DatasetError, InputError
 from tskd.supervision.config import SupervisionConfig
 from tskd.supervision.labels import training_labels
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tskd.core.errors import DatasetError
 from tskd.data.transforms import TrainTransform, eval_transform
-from tskd.errors import DatasetError
 
 _MAPPED = "__mapped_array__"
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from tskd.errors import DatasetError
+from tskd.core.errors import DatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")  # what a listing counts as an image
 CAM_DIR = re.compile(r"cam(\d+)")  # a camera folder, matched against one path part only

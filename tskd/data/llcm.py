@@ -48,9 +48,9 @@ import os
 import random
 from pathlib import Path
 
+from tskd.core.errors import DatasetError
 from tskd.data.layout import CAM_DIR, list_lines, require_folders, sorted_images
 from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Record, Search, indices_of
-from tskd.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

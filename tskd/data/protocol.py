@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tskd.errors import DatasetError
+from tskd.core.errors import DatasetError
 
 VISIBLE = 0
 INFRARED = 1

@@ -30,9 +30,9 @@ from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
+from tskd.core.errors import DatasetError
 from tskd.data.layout import list_lines, require_folders
 from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Record, Search
-from tskd.errors import DatasetError
 
 DIRECTIONS = ("visible2thermal", "thermal2visible")
 TRIALS = range(1, 11)

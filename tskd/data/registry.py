@@ -8,9 +8,9 @@ own before building a datamodule.
 
 from __future__ import annotations
 
+from tskd.core.errors import DatasetError
 from tskd.data import llcm, regdb, sysu
 from tskd.data.protocol import DatasetProtocol
-from tskd.errors import DatasetError
 
 _REGISTRY: dict[str, DatasetProtocol] = {}
 

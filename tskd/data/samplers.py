@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from tskd.errors import DatasetError
+from tskd.core.errors import DatasetError
 
 Slot = tuple[int, int, int]
 

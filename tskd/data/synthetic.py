@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tskd.errors import DatasetError
+from tskd.core.errors import DatasetError
 
 try:  # POSIX; the lock is released by the OS when its holder exits, even when killed
     import fcntl

@@ -39,10 +39,10 @@ import os
 import random
 from pathlib import Path
 
+from tskd.core.errors import DatasetError
 from tskd.data.cache import standard_train_arrays
 from tskd.data.layout import read_list, require_folders, sorted_images
 from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Record, Search, indices_of
-from tskd.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tskd.errors import InputError, NonFiniteLossError
+from tskd.core.errors import InputError, NonFiniteLossError
 
 __all__ = [
     "MixtureFit",

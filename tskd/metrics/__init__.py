@@ -3,14 +3,14 @@
 
 from tskd.metrics.functional import (
     RULES,
-    evaluate,
     evaluate_llcm,
     evaluate_regdb,
     evaluate_sysu,
+    metrics_by_rule,
     per_query,
     ranked_order,
     removed_mask,
 )
 
-__all__ = ["RULES", "evaluate", "evaluate_llcm", "evaluate_regdb", "evaluate_sysu", "per_query",
-           "ranked_order", "removed_mask"]
+__all__ = ["RULES", "evaluate_llcm", "evaluate_regdb", "evaluate_sysu", "metrics_by_rule",
+           "per_query", "ranked_order", "removed_mask"]

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tskd.errors import InputError
+from tskd.core.errors import InputError
 
 # Distance elements per chunk of queries (4 MB as float32): each slot's pass re-reads the chunk,
 # so a chunk that stays in the CPU cache is faster than a larger one.
@@ -293,7 +293,7 @@ def _per_query(dist, q_pids, g_pids, q_cams, g_cams, identity_level: bool,
     return m, rank, ap, inp
 
 
-def _evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int, identity_level: bool,
+def _averages(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int, identity_level: bool,
               chunk_size: int | None, removal: _Removal | None) -> dict:
     m, rank, ap, inp = _per_query(dist, q_pids, g_pids, q_cams, g_cams, identity_level,
                                   chunk_size, removal, max_rank)
@@ -334,7 +334,7 @@ def evaluate_sysu(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int = 20,
     Raises:
         InputError: On mismatched shapes, NaN/inf distances, or when no query has a match.
     """
-    return evaluate("sysu", dist, q_pids, g_pids, q_cams, g_cams, max_rank, chunk_size)
+    return metrics_by_rule("sysu", dist, q_pids, g_pids, q_cams, g_cams, max_rank, chunk_size)
 
 
 def evaluate_regdb(dist, q_pids, g_pids, max_rank: int = 20, chunk_size: int | None = None) -> dict:
@@ -342,7 +342,7 @@ def evaluate_regdb(dist, q_pids, g_pids, max_rank: int = 20, chunk_size: int | N
 
     Args, return value and errors as :func:`evaluate_sysu`, without cameras.
     """
-    return evaluate("regdb", dist, q_pids, g_pids, None, None, max_rank, chunk_size)
+    return metrics_by_rule("regdb", dist, q_pids, g_pids, None, None, max_rank, chunk_size)
 
 
 def evaluate_llcm(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int = 20,
@@ -360,11 +360,11 @@ def evaluate_llcm(dist, q_pids, g_pids, q_cams, g_cams, max_rank: int = 20,
     (1..9) on both sides. A query whose every correct item is removed has no match and is left
     out of every average.
     """
-    return evaluate("llcm", dist, q_pids, g_pids, q_cams, g_cams, max_rank, chunk_size)
+    return metrics_by_rule("llcm", dist, q_pids, g_pids, q_cams, g_cams, max_rank, chunk_size)
 
 
-def evaluate(metric: str, dist, q_pids, g_pids, q_cams=None, g_cams=None, max_rank: int = 20,
-             chunk_size: int | None = None) -> dict:
+def metrics_by_rule(metric: str, dist, q_pids, g_pids, q_cams=None, g_cams=None,
+                    max_rank: int = 20, chunk_size: int | None = None) -> dict:
     """The metrics of a dataset's protocol by its metric name (``DatasetProtocol.metric``).
 
     Same numbers as :func:`evaluate_sysu` / :func:`evaluate_regdb` / :func:`evaluate_llcm`;
@@ -373,7 +373,7 @@ def evaluate(metric: str, dist, q_pids, g_pids, q_cams=None, g_cams=None, max_ra
     r = rule(metric)
     if r.removal is None:
         q_cams = g_cams = None
-    return _evaluate(dist, q_pids, g_pids, q_cams, g_cams, max_rank, r.identity_level,
+    return _averages(dist, q_pids, g_pids, q_cams, g_cams, max_rank, r.identity_level,
                      chunk_size, r.removal)
 
 

@@ -15,9 +15,9 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from tskd.core.errors import InputError
 from tskd.data.protocol import TestProtocol
-from tskd.errors import InputError
-from tskd.metrics.search import evaluate_features, summarize
+from tskd.metrics.search import search_features, summarize
 
 STATES = ("pool", "fc", "pids", "cams", "modality", "index")
 
@@ -91,5 +91,5 @@ class RetrievalMetric(Metric):
         rows = torch.as_tensor(first, device=dim_zero_cat(self.fc).device)
         features = {"index": torch.as_tensor(keep), "pool": dim_zero_cat(self.pool)[rows],
                     "fc": dim_zero_cat(self.fc)[rows]}
-        results = evaluate_features(features, self.protocol, self.rerank, self.max_rank)
+        results = search_features(features, self.protocol, self.rerank, self.max_rank)
         return summarize(results, self.protocol)

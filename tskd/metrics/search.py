@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tskd.core.errors import InputError
 from tskd.data import registry
 from tskd.data.protocol import TestProtocol
-from tskd.errors import InputError
-from tskd.metrics.functional import evaluate
+from tskd.metrics.functional import metrics_by_rule
 from tskd.metrics.rerank import k_reciprocal_rerank
 
 FEATURES = ("fc", "pool")  # report order: the BN-neck feature is the primary one
@@ -42,8 +42,8 @@ def _rows_of(features: dict, protocol: TestProtocol) -> np.ndarray:
     return rows
 
 
-def evaluate_features(features: dict, protocol: TestProtocol, rerank: bool = False,
-                      max_rank: int = 20) -> list[dict]:
+def search_features(features: dict, protocol: TestProtocol, rerank: bool = False,
+                    max_rank: int = 20) -> list[dict]:
     """Metrics of every search and feature, as raw fractions.
 
     Distances are cosine (features are L2-normalised): searches rank by -similarity; with
@@ -86,8 +86,9 @@ def evaluate_features(features: dict, protocol: TestProtocol, rerank: bool = Fal
                 dist = k_reciprocal_rerank(1 - sim, q_q, 1 - g @ g.T)
             else:
                 dist = -sim
-            out = evaluate(metric, dist, protocol.pids[s.query], protocol.pids[s.gallery],
-                           protocol.cams[s.query], protocol.cams[s.gallery], max_rank=max_rank)
+            out = metrics_by_rule(metric, dist, protocol.pids[s.query], protocol.pids[s.gallery],
+                                  protocol.cams[s.query], protocol.cams[s.gallery],
+                                  max_rank=max_rank)
             results.append({"setting": s.setting, "trial": s.trial, "feature": name, **out})
     return results
 

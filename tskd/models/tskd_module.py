@@ -25,9 +25,10 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from tskd.config import EvalPassOptions, LossConfig, ModelConfig, OptimConfig
+from tskd.core.errors import InputError, NonFiniteLossError
+from tskd.core.schema import to_plain
 from tskd.data.config import DatasetConfig
-from tskd.embedding import flip_averaged
-from tskd.errors import InputError, NonFiniteLossError
+from tskd.features.protocol import flip_averaged
 from tskd.losses import (
     BatchHardTriplet,
     MutualDistillationLoss,
@@ -50,7 +51,6 @@ from tskd.models.epoch_passes import (
 )
 from tskd.models.protocol_evaluation import ProtocolEvaluation
 from tskd.models.schedule import lr_factor, stage
-from tskd.schema import to_plain
 from tskd.supervision.config import SupervisionConfig
 
 CHECKPOINT_FORMAT = 2  # 2: per-view confidences, bank sums as extra state
@@ -77,8 +77,8 @@ class TSKDModule(pl.LightningModule):
             batch-hard triplet.
 
     The hyper-parameters a checkpoint stores are plain values (dicts of the typed arguments),
-    so it loads with ``torch.load(weights_only=True)``; :func:`tskd.checkpoint.build_module`
-    turns them back into the typed arguments.
+    so it loads with ``torch.load(weights_only=True)``;
+    :func:`tskd.checkpoints.loading.build_module` turns them back into the typed arguments.
     """
 
     # ---------------------------------------------------------------- system definition
@@ -332,6 +332,6 @@ def _require_callbacks(trainer: pl.Trainer, classes: list[type], how: str) -> No
     if missing:
         raise InputError(
             f"the Trainer has no {', '.join(missing)} callback, which TSKDModule needs with "
-            f"these settings; pass Trainer(callbacks=[..., {how}]) (tskd.run.train and "
-            "tskd.run.evaluate do this)"
+            f"these settings; pass Trainer(callbacks=[..., {how}]) (tskd.runner.run.train and "
+            "tskd.runner.run.evaluate_checkpoint do this)"
         )

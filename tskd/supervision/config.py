@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tskd.checks import boolean, epochs_set, integer, number, one_of, optional, text
-from tskd.schema import MAY_DIFFER, MUST_MATCH, Schema, setting
+from tskd.core.checks import boolean, epochs_set, integer, number, one_of, optional, text
+from tskd.core.schema import MAY_DIFFER, MUST_MATCH, Schema, setting
 from tskd.supervision.modes import LABEL_SPLITS, SUPERVISION_MODES
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tskd.errors import InputError
+from tskd.core.errors import InputError
 
 __all__ = ["auc", "noise_diagnostics", "weak_diagnostics"]
 

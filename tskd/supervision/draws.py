@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from tskd.errors import InputError
+from tskd.core.errors import InputError
 
 MODALITIES = ("visible", "infrared")
 # Purposes of a generator stream: a noise draw and a split drawn from equal seeds stay unrelated.

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tskd.errors import DatasetError, InputError
-from tskd.files import write_atomic
+from tskd.core.errors import DatasetError, InputError
+from tskd.core.files import write_atomic
 from tskd.supervision.draws import MODALITIES, LabelSplit, NoiseDraw, as_labels
 
 DART_MODALITY = {"visible": "rgb", "infrared": "ir"}

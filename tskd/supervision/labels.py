@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tskd.errors import CheckpointError, DatasetError
+from tskd.core.errors import CheckpointError, DatasetError
 from tskd.supervision.config import SupervisionConfig
 from tskd.supervision.draws import LabelSplit, NoiseDraw, ceil_count
 from tskd.supervision.label_files import read_noise_files

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from tskd.errors import InputError
-from tskd.files import write_atomic
+from tskd.core.errors import InputError
+from tskd.core.files import write_atomic
 from tskd.losses.confidence import MixtureFit
 
 __all__ = ["LossPanel", "loss_histogram_png", "loss_histograms_png"]

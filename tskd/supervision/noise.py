@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tskd.errors import DatasetError, InputError
+from tskd.core.errors import DatasetError, InputError
 from tskd.supervision.draws import (
     MODALITIES,
     NOISE_STREAM,

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from tskd.errors import InputError
+from tskd.core.errors import InputError
 from tskd.supervision.draws import (
     MODALITIES,
     SPLIT_STREAM,

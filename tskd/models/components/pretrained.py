@@ -24,7 +24,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tskd.errors import CheckpointError
+from tskd.core.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 

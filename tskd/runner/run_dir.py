@@ -31,10 +31,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from tskd.errors import ConfigError
+from tskd.core.errors import ConfigError
 
 LOCK_FILE = ".tskd.lock"
-# What a run (train.py, eval.py, tskd.visualize) or a sweep leaves in its folder.
+# What a run (train.py, eval.py, tskd.apps.visualize) or a sweep leaves in its folder.
 RUN_MARKERS = (".hydra", "metrics.json", "status.json", "run_info.json", "checkpoints",
                "multirun.yaml", "jobs.json", "summary.json")
 _JOB_DEPTH = 2  # job folders of a sweep are looked for this many levels down (hydra.sweep.subdir)

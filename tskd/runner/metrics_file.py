@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tskd.core.errors import InputError
+from tskd.core.files import write_json_atomic
 from tskd.data import registry
 from tskd.data.protocol import TestProtocol
-from tskd.errors import InputError
-from tskd.files import write_json_atomic
 from tskd.metrics.search import METRIC_KEYS, setting_of
 
 

@@ -1,4 +1,4 @@
-"""Ranked lists as pictures: ``python -m tskd.visualize ckpt=path/to/last.ckpt [mode=indoor]``.
+"""Ranked lists as pictures: ``python -m tskd.apps.visualize ckpt=path/to/last.ckpt [mode=indoor]``.
 
 Each row of the PNG grid is one query: its image (bordered in its modality's colour), then its
 top-k gallery images, each with a green border when the identity is right and red when wrong,
@@ -30,16 +30,16 @@ import numpy as np
 from omegaconf import DictConfig
 from PIL import Image, ImageDraw, ImageFont
 
-from tskd.checks import either, integer, number, one_of, optional
 from tskd.config import EvalConfig, register, validate
+from tskd.core.checks import either, integer, number, one_of, optional
+from tskd.core.errors import ConfigError, DatasetError
+from tskd.core.files import folder_problem
+from tskd.core.schema import MAY_DIFFER, Schema, group
+from tskd.core.schema import setting as checked
 from tskd.data import registry
 from tskd.data.protocol import INFRARED, MODALITY_NAMES, VISIBLE, DatasetProtocol
-from tskd.errors import ConfigError, DatasetError
-from tskd.files import folder_problem
-from tskd.inference import FEATURES
+from tskd.features.images import FEATURES
 from tskd.metrics.functional import per_query, ranked_order, removed_mask
-from tskd.schema import MAY_DIFFER, Schema, group
-from tskd.schema import setting as checked
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _settings() -> list[str]:
 class VisConfig(Schema):
     """``vis`` (configs/visualize.yaml): which queries, how many results, how big.
 
-    (``checked`` is :func:`tskd.schema.setting`: a field here is called ``setting``.)
+    (``checked`` is :func:`tskd.core.schema.setting`: a field here is called ``setting``.)
     """
 
     num_queries: int = checked(integer(1), resume=MAY_DIFFER)
@@ -318,7 +318,7 @@ def build_rows(ranking: Ranking, picked: np.ndarray, search, protocol, images, t
 # ------------------------------------------------------------------------------ the app
 def _resolve_data(c: VisualizeConfig, overrides: list[str], ckpt: dict, setting: str | None):
     """The test datamodule as eval resolves it, built for the drawn setting (and trial) only."""
-    from tskd.run import eval_dataset, resolve_test_datamodule
+    from tskd.checkpoints.eval_data import eval_dataset, resolve_test_datamodule
 
     d = eval_dataset(c, ckpt, overrides)  # cheap: the checks only, before any data work
     spec = registry.get(d.name)
@@ -346,8 +346,8 @@ def write_ranked_lists(cfg: DictConfig, overrides: list[str] | None = None) -> P
     """Draw the ranked lists ``cfg.vis`` asks for; returns the PNG written (JSON beside it)."""
     import torch
 
-    from tskd.checkpoint import build_module, load_checkpoint
-    from tskd.embedding import embed_protocol
+    from tskd.checkpoints.loading import build_module, load_checkpoint
+    from tskd.features.protocol import embed_protocol
 
     c = validate(cfg, VisualizeConfig)  # before any data or model is loaded
     vis = c.vis
@@ -398,7 +398,7 @@ def write_ranked_lists(cfg: DictConfig, overrides: list[str] | None = None) -> P
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from tskd.entry import record_failure
+    from tskd.core.entry import record_failure
 
     with record_failure(cfg.paths.output_dir):
         write_ranked_lists(cfg, overrides=list(HydraConfig.get().overrides.task))
@@ -407,7 +407,7 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     import sys
 
-    from tskd.entry import guarded
+    from tskd.core.entry import guarded
 
     # SIGTERM/Ctrl-C: status.json says "interrupted", exit status 128 + signal (as train/eval)
     sys.exit(guarded(main))

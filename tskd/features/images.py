@@ -1,6 +1,6 @@
 """Using a trained model: load a checkpoint once, embed images of either modality.
 
-    from tskd.inference import Embedder
+    from tskd.features.images import Embedder
     embedder = Embedder.from_checkpoint("logs/train/runs/.../checkpoints/last.ckpt")
     feats = embedder.embed(["a.jpg", "b.jpg"], modality="infrared")   # (2, C) float32
     sims = feats @ gallery_feats.T                                      # cosine similarities
@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tskd.checkpoint import build_module, load_checkpoint
+from tskd.checkpoints.loading import build_module, load_checkpoint
+from tskd.core.errors import CheckpointError, DatasetError, InputError
+from tskd.core.finite import nonfinite_message
 from tskd.data.cache import load_image, to_rgb
 from tskd.data.layout import broken_link, require_utf8_name
 from tskd.data.protocol import INFRARED, MODALITY_NAMES, VISIBLE
 from tskd.data.transforms import normalize_batch
-from tskd.errors import CheckpointError, DatasetError, InputError
-from tskd.finite import nonfinite_message
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class Embedder:
     """A trained TSKD network ready to turn images into retrieval features.
 
     Args:
-        module: A ``TSKDModule`` (e.g. from :func:`tskd.checkpoint.build_module`).
+        module: A ``TSKDModule`` (e.g. from :func:`tskd.checkpoints.loading.build_module`).
         img_size: ``(height, width)`` the model was trained at.
         device: Where the network runs (``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...).
         source: Where the weights came from (the checkpoint file), for messages.

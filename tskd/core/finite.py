@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from tskd.core.files import previous_path
+
 
 def nonfinite_tensors(state: Mapping[str, object]) -> list[str]:
     """Names of the floating-point tensors of ``state`` (a state dict) holding NaN or Inf."""
@@ -32,8 +34,6 @@ def nonfinite_message(path: str | Path, state: Mapping[str, object]) -> str | No
         The sentence naming the checkpoint, the first bad tensors and the copy to use instead,
         or None when every weight is finite.
     """
-    from tskd.checkpoint_io import previous_path
-
     bad = nonfinite_tensors(state)
     if not bad:
         return None

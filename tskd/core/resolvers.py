@@ -17,7 +17,7 @@ The resolvers must exist before Hydra resolves a run or sweep dir. :func:`regist
 this module is imported; the entry points import it, and ``configs/hydra/default.yaml`` names
 :class:`RegisterResolvers` as a Hydra callback, which Hydra instantiates (importing this module)
 right after composing the config and before it resolves any dir, for every app that uses those
-configs (``train.py``, ``eval.py``, ``python -m tskd.visualize``).
+configs (``train.py``, ``eval.py``, ``python -m tskd.apps.visualize``).
 """
 
 from __future__ import annotations

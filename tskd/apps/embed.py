@@ -1,6 +1,6 @@
-"""Embed a folder of images with a trained model: ``python -m tskd.embed CKPT FOLDER``.
+"""Embed a folder of images with a trained model: ``python -m tskd.apps.embed CKPT FOLDER``.
 
-    python -m tskd.embed last.ckpt photos/ir --modality infrared --out ir_feats.npy
+    python -m tskd.apps.embed last.ckpt photos/ir --modality infrared --out ir_feats.npy
 
 writes ``ir_feats.npy`` (float32 (N, C), L2-normalised rows) and ``ir_feats.json``, the index:
 ``files`` lists each image's path relative to FOLDER in row order (recursive, sorted), beside
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tskd.errors import OutputError, OutputExistsError, TSKDError
-from tskd.files import folder_problem, refuse_existing, replace_together, write_temporary
-from tskd.inference import Embedder, list_images, parse_modality
+from tskd.core.errors import OutputError, OutputExistsError, TSKDError
+from tskd.core.files import folder_problem, refuse_existing, replace_together, write_temporary
+from tskd.features.images import Embedder, list_images, parse_modality
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _write_pair(out: Path, feats: np.ndarray, index_file: Path, index: dict) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status (0 ok, 1 bad input)."""
-    parser = argparse.ArgumentParser(prog="python -m tskd.embed", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tskd.apps.embed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt", help="checkpoint written by train.py (checkpoints/last.ckpt)")
     parser.add_argument("folder", help="folder of images (searched recursively)")

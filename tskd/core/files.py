@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from tskd.errors import ConfigError, OutputExistsError
+from tskd.core.errors import ConfigError, OutputExistsError
 
 
 def write_temporary(path: str | Path, write: Callable[[BinaryIO], object], *,
@@ -175,3 +175,13 @@ def check_output_folders(cfg) -> None:
             raise ConfigError(
                 f"{key}={folder} cannot be written ({why}); nothing was started. Point it at a "
                 "folder you can write, on a disk with room for the checkpoints and logs.")
+
+
+def previous_path(path: str | Path) -> Path:
+    """Where a save keeps the copy it replaced (checkpoints, :mod:`tskd.checkpoints.saving`), so
+    tools can name it: ``last.ckpt`` -> ``last.prev.ckpt``.
+
+    Here, on the ground floor, because :mod:`tskd.core.finite` names it in its messages too.
+    """
+    p = Path(path)
+    return p.with_name(f"{p.stem}.prev{p.suffix}")

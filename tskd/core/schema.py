@@ -7,7 +7,7 @@ may change it (:data:`MUST_MATCH`, :data:`MAY_DIFFER`, :data:`MATCH_IF_SPLIT`) a
 the keys people get wrong. :func:`check_tree` walks a plain config tree against a schema and
 returns every problem at once (missing key, wrong value, a key no schema knows, with the
 closest known one); :func:`build` then turns the tree into the typed objects. The checks
-themselves are in :mod:`tskd.checks`.
+themselves are in :mod:`tskd.core.checks`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tskd.errors import ConfigError
+from tskd.core.errors import ConfigError
 
 MUST_MATCH = "must match"  # a resumed run continues the same optimisation: the same value
 MAY_DIFFER = "may differ"  # how the run is executed, tested or stored, not what it learns

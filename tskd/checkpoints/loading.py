@@ -3,9 +3,9 @@
 Checkpoints are loaded with ``torch.load(weights_only=True)``: they hold only tensors,
 primitives and plain containers, so a file can never run code. Every problem (missing file, a
 file that is not a tskd checkpoint, a model that does not fit) raises
-:class:`tskd.errors.CheckpointError` naming the file and what to do. When the file is missing or
-unreadable and the copy it replaced (``last.prev.ckpt``, kept by
-:mod:`tskd.checkpoint_io`) is there, the error names that copy.
+:class:`tskd.core.errors.CheckpointError` naming the file and what to do. When the file is
+missing or unreadable and the copy it replaced (``last.prev.ckpt``, kept by
+:mod:`tskd.checkpoints.saving`) is there, the error names that copy.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ from pathlib import Path
 
 import torch
 
-from tskd.errors import CheckpointError
-from tskd.schema import nested
+from tskd.core.errors import CheckpointError
+from tskd.core.files import previous_path
+from tskd.core.schema import nested
 
 
 def _previous_copy_hint(p: Path) -> str:
-    from tskd.checkpoint_io import previous_path
-
     prev = previous_path(p)
     if p.name.endswith(".prev.ckpt") or not prev.is_file():
         return ""
@@ -198,7 +197,7 @@ def build_module(ckpt: dict, path: str | Path = "<checkpoint>", **overrides):
         path: Its file, for messages.
         **overrides: Constructor arguments to replace (e.g. ``eval=cfg.eval``).
     """
-    from tskd.errors import ConfigError
+    from tskd.core.errors import ConfigError
     from tskd.models.tskd_module import TSKDModule  # heavy import only when needed
 
     require_contents(ckpt, path)

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tskd.core.errors import InputError
 from tskd.data.protocol import TestProtocol
 from tskd.data.transforms import normalize_batch
-from tskd.errors import InputError
 
 log = logging.getLogger(__name__)
 

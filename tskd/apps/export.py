@@ -1,4 +1,5 @@
-"""ONNX export of a trained model, one file per modality: ``python -m tskd.export CKPT --out DIR``.
+"""ONNX export of a trained model, one file per modality:
+``python -m tskd.apps.export CKPT --out DIR``.
 
 The network picks its stem by modality, so each exported graph has the modality built in:
 ``<name>_visible.onnx`` for colour images and ``<name>_infrared.onnx`` for infrared ones.
@@ -6,7 +7,7 @@ The network picks its stem by modality, so each exported graph has the modality 
 - input ``images``: float32 (B, 3, H, W), RGB scaled to [0, 1] then ImageNet-normalised
   (mean 0.485 0.456 0.406, std 0.229 0.224 0.225), H x W the checkpoint's image size, B free;
 - output ``embedding``: float32 (B, C), the L2-normalised "fc" feature, the same as
-  :meth:`tskd.inference.Embedder.embed` gives (cosine similarity = dot product).
+  :meth:`tskd.features.images.Embedder.embed` gives (cosine similarity = dot product).
 
 The graph records these facts in its metadata (``modality``, ``img_h``, ``img_w``, ``mean``,
 ``std``). ``--check`` runs each file with onnxruntime on random input and reports the largest
@@ -35,13 +36,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from tskd.checkpoint import build_module, load_checkpoint
+from tskd.checkpoints.loading import build_module, load_checkpoint
+from tskd.core.errors import CheckpointError, InputError, OutputError, TSKDError
+from tskd.core.files import folder_problem, refuse_existing, replace_together
+from tskd.core.finite import nonfinite_message
 from tskd.data.protocol import MODALITY_NAMES
 from tskd.data.transforms import MEAN, STD
-from tskd.errors import CheckpointError, InputError, OutputError, TSKDError
-from tskd.files import folder_problem, refuse_existing, replace_together
-from tskd.finite import nonfinite_message
-from tskd.inference import parse_modality
+from tskd.features.images import parse_modality
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def export_onnx(ckpt_path: str | Path, out_dir: str | Path, opset: int = 17,
         ImportError: onnx is not installed (the message says how to install it).
         InputError: An opset this torch cannot export.
         OutputError: ``out_dir`` is a file or cannot be written, the disk filled up (the files
-            there are unchanged), or (:class:`~tskd.errors.OutputExistsError`) a file exists
+            there are unchanged), or (:class:`~tskd.core.errors.OutputExistsError`) a file exists
             and ``overwrite`` is false.
         CheckpointError: A missing or unusable checkpoint, or one whose weights are not finite.
     """
@@ -228,7 +229,7 @@ def check_onnx(onnx_path: str | Path, ckpt_path: str | Path, modality: str | int
 
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m tskd.export", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tskd.apps.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt", help="checkpoint written by train.py")
     parser.add_argument("--out", default="onnx", help="output folder (default ./onnx)")

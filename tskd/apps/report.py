@@ -14,7 +14,7 @@ Runs of one setting measured on different test lists (``test_data.lists_sha256``
 metrics.json differs, for the same RegDB split) are never averaged: the summary is refused,
 naming the runs (:func:`check_test_lists`).
 
-``python -m tskd.report SWEEP_DIR [--quiet]`` rebuilds the summary at any time;
+``python -m tskd.apps.report SWEEP_DIR [--quiet]`` rebuilds the summary at any time;
 ``SweepSummaryCallback`` does it from inside the sweep (registered in ``configs/hydra``).
 """
 
@@ -38,8 +38,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from tskd.errors import InputError
-from tskd.files import write_text_atomic
+from tskd.core.errors import InputError
+from tskd.core.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -354,14 +354,14 @@ def write_summary(sweep_dir: str | os.PathLike) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Rebuilds SWEEP_DIR/summary.json and .txt, prints the table; exit 2 on a missing/empty dir."""
-    parser = argparse.ArgumentParser(prog="python -m tskd.report", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tskd.apps.report", description=main.__doc__)
     parser.add_argument("sweep_dir", help="the Hydra multirun dir of the sweep")
     parser.add_argument("--quiet", action="store_true", help="write the files, print nothing")
     args = parser.parse_args(argv)
     try:
         path = write_summary(args.sweep_dir)
     except (InputError, OSError) as e:
-        sys.stderr.write(f"tskd.report: error: {e}\n")
+        sys.stderr.write(f"tskd.apps.report: error: {e}\n")
         return 2
     if not args.quiet:
         sys.stdout.write((path.parent / "summary.txt").read_text())
@@ -403,7 +403,7 @@ class SweepSummaryCallback(Callback):
     At the start it writes ``jobs.json``, the jobs the sweep will run, so that a summary lists
     the ones that never ran (the sweep was interrupted) as "not run". The files are rewritten
     after every job, so a sweep killed mid-way still has them. Hydra skips ``on_multirun_end``
-    when a job raised (or SIGTERM/Ctrl-C stopped it, see :mod:`tskd.entry`), so the closing
+    when a job raised (or SIGTERM/Ctrl-C stopped it, see :mod:`tskd.core.entry`), so the closing
     table is also logged from an ``atexit`` hook set in ``on_multirun_start``; whichever comes
     first does it, once.
     """

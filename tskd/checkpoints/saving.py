@@ -11,8 +11,8 @@ Nothing is fsync'ed either.
 it, keeps the file it replaces as ``last.prev.ckpt`` (a hard link: no copy, and at every
 instant both names hold complete files) and renames the new file into place. A kill leaves
 either the old ``last.ckpt`` or the new one, plus the previous epoch's copy. A save that fails
-for want of space (ENOSPC, a quota) is a :class:`~tskd.errors.CheckpointSaveError` naming the file,
-the checkpoint that is still intact and the fix, not torch's "unexpected pos".
+for want of space (ENOSPC, a quota) is a :class:`~tskd.core.errors.CheckpointSaveError` naming the
+file, the checkpoint that is still intact and the fix, not torch's "unexpected pos".
 
 Before anything is written, :func:`check_finite_state` looks at every floating tensor of the
 model state: a step that made the weights NaN or Inf (with a finite loss, so the loss check
@@ -37,15 +37,10 @@ from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
-from tskd.errors import CheckpointError, CheckpointSaveError
+from tskd.core.errors import CheckpointError, CheckpointSaveError
+from tskd.core.files import previous_path
 
 PARTIAL_SUFFIX = ".partial"
-
-
-def previous_path(path: str | Path) -> Path:
-    """Where the copy replaced by the latest save is kept: ``last.ckpt`` -> ``last.prev.ckpt``."""
-    p = Path(path)
-    return p.with_name(f"{p.stem}.prev{p.suffix}")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -141,7 +136,7 @@ def write_checkpoint(checkpoint: Any, path: str | Path, keep_previous: bool = Tr
             os.fsync(fh.fileno())
         if keep_previous and path.is_file():
             _keep_previous(path)
-    except BaseException as err:  # an error or a signal (tskd.entry.Interrupted): no debris
+    except BaseException as err:  # an error or a signal (tskd.core.entry.Interrupted): no debris
         partial.unlink(missing_ok=True)
         cause = sink.error if sink is not None and sink.error is not None else err
         if isinstance(cause, OSError):
@@ -207,7 +202,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class SafeModelCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose files are written by :class:`AtomicCheckpointIO`.
 
-    The trainer is built in ``tskd.run`` from the configs; this callback is where the configs
+    The trainer is built in ``tskd.runner.run`` from the configs; this callback is where the configs
     can reach the strategy, and ``setup`` runs before the first save on every rank.
     """
 

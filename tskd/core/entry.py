@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import tskd.resolvers  # noqa: F401  (registers ${tskd.*} before Hydra composes the config)
-from tskd.files import write_json_atomic
+import tskd.core.resolvers  # noqa: F401  (registers ${tskd.*} before Hydra composes the config)
+from tskd.core.files import write_json_atomic
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -116,7 +116,7 @@ def raise_pending_interruption() -> None:
 
     The handler's exception can be lost: deferred while forking (see :func:`_on_signal`), or
     raised in a place that ignores exceptions (a ``__del__``). The Trainer calls this at every
-    batch (:class:`tskd.trainer.PendingInterruption`), so such a run stops one batch later.
+    batch (:class:`tskd.runner.trainer.PendingInterruption`), so such a run stops one batch later.
     """
     if _received:
         raise Interrupted(_received[0])
@@ -142,7 +142,8 @@ def interruption(exc: BaseException) -> tuple[str, int] | None:
     """``(signal name, exit code)`` when ``exc`` means the run was stopped by a signal.
 
     Besides :class:`Interrupted` this recognises what happens without our handlers (a library
-    caller of :func:`tskd.run.train`): ``KeyboardInterrupt`` and Lightning's ``SIGTERMException``.
+    caller of :func:`tskd.runner.run.train`): ``KeyboardInterrupt`` and Lightning's
+    ``SIGTERMException``.
     Lightning turns Ctrl-C into ``sys.exit(1)``; that is only recognisable with our handlers.
     """
     if isinstance(exc, Interrupted):
