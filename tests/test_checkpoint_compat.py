@@ -80,6 +80,19 @@ def test_keys_an_old_checkpoint_lacks_come_from_the_yaml(tree, tmp_path):
     assert args["supervision"] is None and args["config"] is None
 
 
+def test_the_old_eval_rerank_record_is_accepted_and_dropped(tree, tmp_path):
+    """Old checkpoints record ``eval: {flip, rerank}``; the module never read ``rerank`` (the
+    test callback re-ranks), so new ones record ``flip`` only and loading drops the old key."""
+    path = _old_checkpoint(tmp_path / "last.ckpt", tree)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["eval"] == {"flip": False, "rerank": False}  # the fixture
+    ckpt["hyper_parameters"]["eval"] = {"flip": True, "rerank": True}
+    torch.save(ckpt, path)
+    assert module_arguments(load_checkpoint(path))["eval"] == EvalPassOptions(flip=True)
+    module = build_module(load_checkpoint(path), path)
+    assert module.flip is True and dict(module.hparams)["eval"] == {"flip": True}
+
+
 def test_a_new_checkpoint_is_plain_and_loads_with_weights_only(tmp_path):
     args = {
         "num_classes": 4, "num_visible": 6, "num_infrared": 5, "channels_last": False,
@@ -90,7 +103,7 @@ def test_a_new_checkpoint_is_plain_and_loads_with_weights_only(tmp_path):
         "model": ModelConfig.of({**LAYOUT["hyper_parameters"]["model"], "compile": False}),
         "loss": LossConfig.of(LAYOUT["hyper_parameters"]["loss"]),
         "optim": OptimConfig.of(LAYOUT["hyper_parameters"]["optim"]),
-        "eval": EvalPassOptions(flip=True, rerank=False),
+        "eval": EvalPassOptions(flip=True),
         "supervision": SupervisionConfig.of({**LAYOUT["hyper_parameters"]["config"]["supervision"],
                                              "name": "noisy", "label_noise": 0.2,
                                              "plot_epochs": [3]}),
@@ -107,6 +120,7 @@ def test_a_new_checkpoint_is_plain_and_loads_with_weights_only(tmp_path):
         return isinstance(v, PLAIN)
 
     assert plain(hp), hp
+    assert hp["eval"] == {"flip": True}  # re-ranking is the test callback's, not recorded here
     meta: dict = {}
     module.on_save_checkpoint(meta)
     path = tmp_path / "new.ckpt"

@@ -73,7 +73,23 @@ __all__ = ["DataConfig", "DatasetConfig", "EvalConfig", "EvalDataConfig", "EvalO
 
 log = logging.getLogger(__name__)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _configs_folder() -> Path:
+    """The YAML configs: the copy an installed package carries (``tskd/configs``, packed from
+    the repository's ``configs/`` by pyproject.toml), else the source checkout's ``configs/``
+    (an editable install, or the repository on ``PYTHONPATH``)."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "configs", here.parent / "configs"):
+        if (folder / "train.yaml").is_file():
+            return folder
+    raise ConfigError(
+        f"the YAML configs are missing: neither {here / 'configs'} (an installed tskd) nor "
+        f"{here.parent / 'configs'} (a source checkout) holds train.yaml; reinstall tskd "
+        "(pip install .) or run from the repository.")
+
+
+CONFIGS = _configs_folder()
 
 
 @dataclass(kw_only=True)
@@ -144,16 +160,20 @@ class ModeConfig(Schema):
 
 @dataclass(kw_only=True)
 class EvalPassOptions(Schema):
-    """What the module itself needs of ``eval`` (recorded in checkpoints)."""
+    """What the module itself needs of ``eval`` (recorded in checkpoints): the flip of its test
+    features. Checkpoints before issue 19 also recorded ``rerank``, which the module never read;
+    loading drops it (:func:`tskd.checkpoints.loading.module_arguments`)."""
 
     flip: bool = setting(boolean, resume=MAY_DIFFER)
-    rerank: bool = setting(boolean, resume=MAY_DIFFER)
 
 
 @dataclass(kw_only=True)
 class EvalOptions(EvalPassOptions):
-    """``eval`` of eval.yaml: the test options and the two switches of a cross-domain test."""
+    """``eval`` of eval.yaml: the test options and the two switches of a cross-domain test.
+    ``rerank`` is read by the test callback (:class:`tskd.models.protocol_evaluation.
+    ProtocolEvaluation`), not by the module."""
 
+    rerank: bool = setting(boolean, resume=MAY_DIFFER)
     allow_other_dataset: bool = setting(boolean, resume=MAY_DIFFER)
     allow_other_trial: bool = setting(boolean, resume=MAY_DIFFER)
 

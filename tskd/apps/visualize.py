@@ -30,7 +30,7 @@ import numpy as np
 from omegaconf import DictConfig
 from PIL import Image, ImageDraw, ImageFont
 
-from tskd.config import EvalConfig, register, validate
+from tskd.config import CONFIGS, EvalConfig, register, validate
 from tskd.core.checks import either, integer, number, one_of, optional
 from tskd.core.errors import ConfigError, DatasetError
 from tskd.core.files import folder_problem
@@ -394,7 +394,8 @@ def write_ranked_lists(cfg: DictConfig, overrides: list[str] | None = None) -> P
     return png
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="visualize")
+# The configs folder the package carries (an installed wheel) or the checkout's (tskd.config).
+@hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="visualize")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -404,10 +405,15 @@ def main(cfg: DictConfig) -> None:
         write_ranked_lists(cfg, overrides=list(HydraConfig.get().overrides.task))
 
 
+def cli() -> int:
+    """``tskd-visualize`` / ``python -m tskd.apps.visualize``: the app, guarded like train/eval
+    (SIGTERM/Ctrl-C: status.json says "interrupted", exit status 128 + signal)."""
+    from tskd.core.entry import guarded
+
+    return guarded(main)
+
+
 if __name__ == "__main__":
     import sys
 
-    from tskd.core.entry import guarded
-
-    # SIGTERM/Ctrl-C: status.json says "interrupted", exit status 128 + signal (as train/eval)
-    sys.exit(guarded(main))
+    sys.exit(cli())

@@ -224,22 +224,6 @@ def test_set(root: str | os.PathLike, trial: int) -> tuple[list[Record], list[Re
     return vis, the
 
 
-def query_gallery(
-    root: str | os.PathLike, trial: int, direction: str
-) -> tuple[list[Record], list[Record]]:
-    """``(query, gallery)`` test records of one trial for a search direction.
-
-    Raises:
-        DatasetError: Unknown direction.
-    """
-    if direction not in DIRECTIONS:
-        raise DatasetError(
-            f"Unknown RegDB direction {direction!r}; valid: {', '.join(DIRECTIONS)}."
-        )
-    vis, the = test_set(root, trial)
-    return (vis, the) if direction == "visible2thermal" else (the, vis)
-
-
 def listed_paths(root: str | os.PathLike) -> list[str]:
     """Sorted unique image paths named by every idx file present (one cache for all trials).
 

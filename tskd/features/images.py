@@ -134,7 +134,7 @@ class Embedder:
         from tskd.config import EvalPassOptions
 
         ckpt = load_checkpoint(path)
-        module = build_module(ckpt, path, eval=EvalPassOptions(flip=bool(flip), rerank=False),
+        module = build_module(ckpt, path, eval=EvalPassOptions(flip=bool(flip)),
                               channels_last=False)
         meta = ckpt["tskd"]
         log.info("loaded %s (%s, %s, image %s)", path, meta["dataset"], meta["backbone"],

@@ -68,7 +68,7 @@ class TSKDModule(pl.LightningModule):
         model: The network (configs/model).
         loss: Loss weights and switches (configs/loss).
         optim: Optimiser and schedule (``optim`` in configs/train.yaml).
-        eval: Test options (``flip``; ``rerank`` is recorded only); None: no flip.
+        eval: Test options (``flip``); None: no flip. Re-ranking is the test callback's.
         channels_last: Use the channels-last memory format (GPU speed).
         config: The resolved run config (plain values), stored in checkpoints for provenance.
         supervision: The ``supervision`` settings (configs/supervision); None: full labels.
@@ -97,13 +97,13 @@ class TSKDModule(pl.LightningModule):
         supervision: SupervisionConfig | None = None,
     ) -> None:
         super().__init__()
-        flip, rerank = (eval.flip, eval.rerank) if eval is not None else (False, False)
+        flip = eval.flip if eval is not None else False
         self.save_hyperparameters({
             "num_classes": num_classes, "num_visible": num_visible, "num_infrared": num_infrared,
             "dataset": {k: getattr(dataset, k) for k in ("name", "root", "trial", "img_h",
                                                          "img_w")},
             "model": to_plain(model), "loss": to_plain(loss), "optim": to_plain(optim),
-            "eval": {"flip": flip, "rerank": rerank}, "channels_last": channels_last,
+            "eval": {"flip": flip}, "channels_last": channels_last,
             "config": config,
             "supervision": None if supervision is None else to_plain(supervision),
         })
