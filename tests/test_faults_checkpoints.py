@@ -12,7 +12,7 @@ import torch
 from conftest import TINY
 from hydra import compose, initialize_config_dir
 
-from tskd.checkpoints import saving as checkpoint_io
+from tskd.checkpoints import saving
 from tskd.checkpoints.saving import write_checkpoint
 from tskd.core.errors import CheckpointError, ConfigError
 
@@ -50,7 +50,7 @@ def test_full_disk_during_a_checkpoint_save(tmp_path, monkeypatch):
         fh = real_open(path, mode, *args, **kwargs)
         return FullDisk(fh, room=4096) if "w" in mode else fh
 
-    monkeypatch.setattr(checkpoint_io, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(saving, "open", full_disk_open, raising=False)
     with pytest.raises(CheckpointError) as err:
         write_checkpoint({"epoch": 2, "w": torch.zeros(100_000)}, last)
     msg = str(err.value)
