@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import run_entry
+from helpers.entry_runs import run_entry
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is for machines without CUDA")

@@ -6,7 +6,7 @@ import csv
 import math
 
 import torch
-from conftest import TINY, run_entry
+from helpers.entry_runs import TINY, run_entry
 
 
 def test_bf16_mixed_trains_on_cpu(tmp_path, data_dir):

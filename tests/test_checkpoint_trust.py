@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY
-from test_eval_from_checkpoint import SMALL, compose_config, evaluate, sysu_tree, write_checkpoint
+from helpers.entry_runs import REPO, TINY
+from helpers.hydra_compose import SMALL, compose_config
+from helpers.run_checkpoints import evaluate, write_checkpoint
+from helpers.synthetic_trees import sysu_tree
 
 from tskd.checkpoint import load_checkpoint
 from tskd.checkpoint_io import AtomicCheckpointIO, previous_path

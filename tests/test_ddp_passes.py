@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import TINY, run_entry
 from helpers import configs
+from helpers.entry_runs import TINY, run_entry
 from torch.utils.data import DataLoader
 
 from tskd.checkpoint import build_module

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_entry
+from helpers.entry_runs import run_entry
 
 
 @pytest.mark.slow

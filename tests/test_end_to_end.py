@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, run_entry
+from helpers.entry_runs import TINY, run_entry
 
 METRIC_KEYS = {"trial", "rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}
 

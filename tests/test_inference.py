@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 from helpers import configs
+from helpers.tiny_checkpoint import IMG_SIZE, SOURCE_SIZE, make_non_finite_checkpoint
 from PIL import Image
-from tiny_model import IMG_SIZE, SOURCE_SIZE, make_non_finite_checkpoint
 
 from tskd.data.datamodule import ReIDDataModule
 from tskd.data.protocol import INFRARED, VISIBLE

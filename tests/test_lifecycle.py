@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY
+from helpers.entry_runs import REPO, TINY
 
 from tskd.checkpoint import load_checkpoint
 from tskd.checkpoint_io import AtomicCheckpointIO, previous_path, write_checkpoint

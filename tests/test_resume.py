@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_eval_from_checkpoint import SMALL, compose_config, regdb_tree, sysu_tree, write_checkpoint
+from helpers.hydra_compose import SMALL, compose_config
+from helpers.run_checkpoints import write_checkpoint
+from helpers.synthetic_trees import regdb_tree, sysu_tree
 
 from tskd.errors import CheckpointError
 from tskd.run import check_resume, load_checkpoint, train

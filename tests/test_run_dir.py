@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers.entry_runs import REPO
 
 from tskd.errors import ConfigError
 from tskd.run_dir import LOCK_FILE, claim, release

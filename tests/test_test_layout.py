@@ -184,20 +184,24 @@ def test_every_test_that_starts_a_process_is_marked_e2e():
 
 
 @pytest.mark.parametrize("body, marked", [
-    ("def test_a(tmp_path):\n    subprocess.run(['x'])\n", False),
-    ("def test_a():\n    run_entry('train.py', [])\n", False),
-    ("def test_a():\n    mp.spawn(w, nprocs=2)\n", False),
-    ("def test_a():\n    wrap_run()\n", False),  # a helpers/ function that launches
-    ("def _go():\n    return os.system('x')\n\ndef test_a():\n    _go()\n", False),
-    ("@pytest.fixture\ndef run(tmp_path):\n    return subprocess.Popen(['x'])\n\n"
-     "def test_a(run):\n    assert run\n", False),
-    ("def test_a(trained):\n    assert trained\n", False),  # a conftest fixture that launches
-    ("class TestA:\n    def test_a(self):\n        subprocess.run(['x'])\n", False),
-    ("@pytest.mark.e2e\ndef test_a():\n    subprocess.run(['x'])\n", True),
-    ("pytestmark = [pytest.mark.e2e]\n\ndef test_a():\n    run_entry('eval.py', [])\n", True),
-    ("@pytest.mark.e2e\nclass TestA:\n    def test_a(self):\n        subprocess.run(['x'])\n",
-     True),
-    ("def test_a():\n    assert sum([1]) == 1\n", True),
+    pytest.param("def test_a(tmp_path):\n    subprocess.run(['x'])\n", False, id="subprocess"),
+    pytest.param("def test_a():\n    run_entry('train.py', [])\n", False, id="run_entry"),
+    pytest.param("def test_a():\n    mp.spawn(w, nprocs=2)\n", False, id="spawn"),
+    pytest.param("def test_a():\n    wrap_run()\n", False, id="helpers-launcher"),
+    pytest.param("def _go():\n    return os.system('x')\n\ndef test_a():\n    _go()\n", False,
+                 id="module-function"),
+    pytest.param("@pytest.fixture\ndef run(tmp_path):\n    return subprocess.Popen(['x'])\n\n"
+                 "def test_a(run):\n    assert run\n", False, id="module-fixture"),
+    pytest.param("def test_a(trained):\n    assert trained\n", False, id="conftest-fixture"),
+    pytest.param("class TestA:\n    def test_a(self):\n        subprocess.run(['x'])\n", False,
+                 id="method"),
+    pytest.param("@pytest.mark.e2e\ndef test_a():\n    subprocess.run(['x'])\n", True,
+                 id="marked-function"),
+    pytest.param("pytestmark = [pytest.mark.e2e]\n\ndef test_a():\n    run_entry('eval.py', [])\n",
+                 True, id="marked-module"),
+    pytest.param("@pytest.mark.e2e\nclass TestA:\n    def test_a(self):\n"
+                 "        subprocess.run(['x'])\n", True, id="marked-class"),
+    pytest.param("def test_a():\n    assert sum([1]) == 1\n", True, id="in-process"),
 ])
 def test_the_e2e_rule_follows_calls_and_fixtures(body, marked):
     bad = unmarked_process_tests(ast.parse(body), {"run_entry", "wrap_run"}, {"trained"})

@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_entry
+from helpers.entry_runs import REPO, run_entry
 from PIL import Image
-from tiny_model import REPO
 
 from tskd.data.protocol import INFRARED, VISIBLE
 from tskd.errors import ConfigError, DatasetError

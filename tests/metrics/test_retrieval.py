@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_evaluation import sysu_protocol as toy_sysu_protocol  # noqa: E402  (tests/ on sys.path)
+from helpers.toy_protocols import sysu_protocol as toy_sysu_protocol
 from torch.utils.data import DistributedSampler
 
 from tskd.data import protocol as proto

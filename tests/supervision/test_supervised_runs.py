@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_entry
+from helpers.entry_runs import TINY, run_entry
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 NOISY = ["supervision=noisy", "supervision.label_noise=0.2", "trainer.max_epochs=2"]
