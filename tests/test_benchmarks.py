@@ -9,6 +9,8 @@ import pytest
 import torch
 from helpers.entry_runs import run_entry
 
+pytestmark = pytest.mark.e2e  # each test here starts train.py, eval.py, an app or another process
+
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is for machines without CUDA")
 def test_gpu_check_dry_run_writes_its_report(tmp_path):

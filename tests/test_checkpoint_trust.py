@@ -120,6 +120,7 @@ def test_non_finite_first_state_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.e2e
 def test_training_step_that_poisons_the_weights_keeps_the_good_checkpoint(tmp_path):
     # The last step of epoch 1 turns the weights into NaN after a finite loss (a callback does
     # it, tests/helpers/nan_poison.py); the epoch-end save must refuse and name the good file.

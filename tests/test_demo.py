@@ -7,6 +7,8 @@ import json
 import pytest
 from helpers.entry_runs import run_entry
 
+pytestmark = pytest.mark.e2e  # each test here starts train.py, eval.py, an app or another process
+
 
 @pytest.mark.slow
 def test_demo_learns_far_above_chance(tmp_path):

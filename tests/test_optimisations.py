@@ -101,6 +101,7 @@ def test_irregular_batches_match_the_old_code_too():
                        old.OldMutualDistillation()(*fs, md_labels))
 
 
+@pytest.mark.e2e
 def test_optimisations_benchmark_dry_run(tmp_path):
     out = tmp_path / "opt.txt"
     proc = run_entry("benchmarks/optimisations.py",

@@ -104,6 +104,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.e2e
 def test_two_gloo_processes_give_exactly_the_single_process_result(tmp_path):
     assert len(sysu_protocol().needed()) % 2 == 1  # an uneven split: the sampler pads
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)

@@ -17,6 +17,8 @@ import pytest
 import torch
 from helpers.entry_runs import TINY, run_entry
 
+pytestmark = pytest.mark.e2e  # each test here starts train.py, eval.py, an app or another process
+
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 NOISY = ["supervision=noisy", "supervision.label_noise=0.2", "trainer.max_epochs=2"]
 # weak: one pre-training epoch, then two main epochs with pseudo-labels (stage I at once)
