@@ -12,11 +12,13 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 HELPERS = TESTS / "helpers"
 # Call names that start another process: ``subprocess.<any>``, ``os.system``/``os.spawn*``/
 # ``os.exec*``, and the multiprocessing ways in (``mp.spawn``, ``get_context``, ``Process``...).
@@ -206,3 +208,15 @@ def test_every_test_that_starts_a_process_is_marked_e2e():
 def test_the_e2e_rule_follows_calls_and_fixtures(body, marked):
     bad = unmarked_process_tests(ast.parse(body), {"run_entry", "wrap_run"}, {"trained"})
     assert bad == ([] if marked else ["test_a"])
+
+
+def test_make_test_fast_is_make_tests_selection_without_e2e(pytestconfig):
+    """pytest keeps only the last ``-m``: test-fast's must repeat pyproject's addopts one (what
+    ``make test`` runs) and add ``not e2e``, or it would run slow/gpu tests or drop others."""
+    addopts = pytestconfig.getini("addopts")
+    default = addopts[addopts.index("-m") + 1]
+    assert default == "not slow and not gpu"
+    assert any(m.startswith("e2e:") for m in pytestconfig.getini("markers"))
+    recipes = dict(re.findall(r"^([\w-]+):.*\n\t(.+)$", (REPO / "Makefile").read_text(), re.M))
+    assert recipes["test"] == "$(BIN)/pytest"
+    assert recipes["test-fast"] == f'$(BIN)/pytest -m "{default} and not e2e"'
