@@ -1,8 +1,8 @@
 """The embedding API (tskd.inference) and the folder CLI (python -m tskd.embed).
 
 A tiny untrained resnet18 checkpoint (random BatchNorm statistics so every layer matters) and a
-small synthetic SYSU-layout dataset stand in for a trained model (tests/tiny_model.py, the
-session fixture ``tiny`` shared with the export and visualiser tests).
+small synthetic SYSU-layout dataset stand in for a trained model (helpers/tiny_checkpoint.py,
+the session fixture ``tiny`` shared with the export and visualiser tests).
 """
 
 from __future__ import annotations

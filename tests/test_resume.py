@@ -1,7 +1,7 @@
 """Resuming (``train.py ... ckpt=last.ckpt``) is refused under other settings, before data work.
 
 tskd.run.train runs in-process on configs composed by Hydra; the checkpoints are written as
-train.py writes them (see tests/test_eval_from_checkpoint.py). Every refusal must come before
+train.py writes them (tests/helpers/run_checkpoints.py). Every refusal must come before
 a cache is built, so each test also checks that the dataset folder gained no ``tskd_cache``.
 """
 
