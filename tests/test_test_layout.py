@@ -24,7 +24,7 @@ HELPERS = TESTS / "helpers"
 # ``os.exec*``, and the multiprocessing ways in (``mp.spawn``, ``get_context``, ``Process``...).
 PROCESS_MODULES = {"subprocess"}
 PROCESS_CALLS = {"spawn", "start_processes", "get_context", "Process", "Pool", "system",
-                 "Popen", "run_entry"}
+                 "Popen", "ProcessPoolExecutor", "run_entry"}
 
 
 def _sources() -> dict[Path, ast.Module]:
@@ -108,6 +108,12 @@ def _is_fixture(f: ast.FunctionDef) -> bool:
     return any("fixture" in ast.unparse(d) for d in f.decorator_list)
 
 
+def _used_fixtures(f: ast.FunctionDef) -> set[str]:
+    """Fixture names given to ``@pytest.mark.usefixtures(...)``."""
+    return {a.value for d in f.decorator_list if isinstance(d, ast.Call)
+            and _called_name(d) == "usefixtures" for a in d.args if isinstance(a, ast.Constant)}
+
+
 def _marked_e2e(nodes) -> bool:
     return any(isinstance(n, ast.Attribute) and n.attr == "e2e"
                for node in nodes for n in ast.walk(node))
@@ -125,7 +131,7 @@ def launching_functions(tree: ast.Module, launchers: set[str],
         more = set()
         for name, f in funcs.items():
             called = {_called_name(c) for c in ast.walk(f) if isinstance(c, ast.Call)}
-            args = {a.arg for a in f.args.args}
+            args = {a.arg for a in f.args.args} | _used_fixtures(f)
             if called & found or args & ((found & fixtures) | set(outer_fixtures)):
                 more.add(name)
         if more <= found:
@@ -195,6 +201,8 @@ def test_every_test_that_starts_a_process_is_marked_e2e():
     pytest.param("@pytest.fixture\ndef run(tmp_path):\n    return subprocess.Popen(['x'])\n\n"
                  "def test_a(run):\n    assert run\n", False, id="module-fixture"),
     pytest.param("def test_a(trained):\n    assert trained\n", False, id="conftest-fixture"),
+    pytest.param("@pytest.mark.usefixtures('trained')\ndef test_a():\n    pass\n", False,
+                 id="usefixtures"),
     pytest.param("class TestA:\n    def test_a(self):\n        subprocess.run(['x'])\n", False,
                  id="method"),
     pytest.param("@pytest.mark.e2e\ndef test_a():\n    subprocess.run(['x'])\n", True,
