@@ -55,7 +55,7 @@ def layout_paths(text: str) -> list[str]:
     (body,) = [lines for lang, lines in blocks(text) if lang == "text"]
     named, folder = [], ""
     for line in body:
-        if not line.strip():
+        if not line.strip() or line.startswith(" " * 30):  # blank, or a description goes on
             continue
         names = re.split(r"\s{2,}", line.strip())[0]
         if line[0].isspace():
@@ -70,7 +70,7 @@ def layout_paths(text: str) -> list[str]:
 
 def test_layout_reader_follows_its_rules():
     text = ("```text\nREADME.md, Makefile    files\npkg/    a folder\n  a.py, sub/  in it\n"
-            "top.py   a file resets\n```\n")
+            + " " * 30 + "more.py is a description\ntop.py   a file resets\n```\n")
     assert layout_paths(text) == ["README.md", "Makefile", "pkg/", "pkg/a.py", "pkg/sub/",
                                   "top.py"]
 
