@@ -1,7 +1,9 @@
 """The README is a front page, and every command in it works as typed.
 
 Every command line of the README's shell blocks is taken from the README text itself (comments
-dropped, ``\\`` continuations joined, ``&&`` chains split) and must be covered:
+dropped, ``\\`` continuations joined, ``&&`` chains split), and so is every command written as
+inline code in its prose (a span starting with python, make, pip or pytest); each must be
+covered:
 
 - ``python train.py ...`` / ``python eval.py ...``: composed with Hydra from exactly the words
   typed (a ``-m`` sweep is expanded into its jobs by Hydra's own sweeper) and validated with the
@@ -23,7 +25,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from helpers.markdown import commands
+from helpers.markdown import commands, inline_commands
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -42,7 +44,9 @@ OTHER = {
 
 
 def _readme_commands() -> list[str]:
-    return commands(README.read_text(encoding="utf-8"))
+    """The shell blocks' commands, then any command written as inline code in the prose."""
+    text = README.read_text(encoding="utf-8")
+    return commands(text) + inline_commands(text, ("python", "python3", "make", "pip", "pytest"))
 
 
 def _entry(command: str) -> str | None:

@@ -31,8 +31,9 @@ def blocks(text: str) -> list[tuple[str, list[str]]]:
     return out
 
 
-def prose(text: str) -> list[str]:
-    """The lines outside fenced blocks, with inline code removed (links there are not links)."""
+def prose(text: str, keep_code: bool = False) -> list[str]:
+    """The lines outside fenced blocks, with inline code removed (links there are not links)
+    unless ``keep_code``."""
     lines, fence = [], None
     for line in text.splitlines():
         m = FENCE.match(line)
@@ -41,8 +42,16 @@ def prose(text: str) -> list[str]:
         elif fence is not None and line.strip().startswith(fence):
             fence = None
         elif fence is None:
-            lines.append(INLINE_CODE.sub("", line))
+            lines.append(line if keep_code else INLINE_CODE.sub("", line))
     return lines
+
+
+def inline_commands(text: str, programs: tuple[str, ...]) -> list[str]:
+    """Commands written as inline code in the prose (a span may run over a line break): the
+    spans whose first word is one of ``programs``, white space normalised."""
+    paragraphs = "\n".join(prose(text, keep_code=True)).split("\n\n")
+    spans = [m.group(0)[1:-1] for p in paragraphs for m in INLINE_CODE.finditer(p)]
+    return [" ".join(s.split()) for s in spans if s.split() and s.split()[0] in programs]
 
 
 def _code_part(line: str) -> str:
