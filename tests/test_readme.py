@@ -103,7 +103,7 @@ def _jobs(command: str) -> tuple[str, list[list[str]]]:
     return name, batch
 
 
-@pytest.mark.parametrize("command", [c for c in _readme_commands() if _entry(c)])
+@pytest.mark.parametrize("command", [c for c in _readme_commands() if _entry(c)], ids=str)
 def test_readme_command_composes_and_validates(command, tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
