@@ -1,4 +1,5 @@
-"""What happens when a run is stopped, killed mid-save, or started alongside another one.
+"""What happens when a run is stopped, killed mid-save, or started alongside another one
+(docs/operations.md).
 
 * SIGTERM to train.py (or to a sweep) stops it with exit status 143, ``status.json`` says
   "interrupted", and a sweep's summary lists the jobs it never started as "not run".
