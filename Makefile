@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test test-fast lint
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,11 @@ demo: setup
 
 test: setup
 	$(BIN)/pytest
+
+# The in-process core without the subprocess end-to-end runs (e2e); a -m given here replaces
+# pyproject's addopts one (the last -m wins), so it repeats "not slow and not gpu".
+test-fast: setup
+	$(BIN)/pytest -m "not slow and not gpu and not e2e"
 
 # The ruff of the dev extra, with pyproject.toml's [tool.ruff] settings (the whole repository).
 lint: setup

@@ -7,7 +7,9 @@ import math
 
 import pytest
 import torch
-from conftest import run_entry
+from helpers.entry_runs import run_entry
+
+pytestmark = pytest.mark.e2e  # each test here starts train.py, eval.py, an app or another process
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is for machines without CUDA")

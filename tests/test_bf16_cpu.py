@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import math
 
+import pytest
 import torch
-from conftest import TINY, run_entry
+from helpers.entry_runs import TINY, run_entry
+
+pytestmark = pytest.mark.e2e  # each test here starts train.py, eval.py, an app or another process
 
 
 def test_bf16_mixed_trains_on_cpu(tmp_path, data_dir):

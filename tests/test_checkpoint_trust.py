@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY
-from test_eval_from_checkpoint import SMALL, compose_config, evaluate, sysu_tree, write_checkpoint
+from helpers.entry_runs import REPO, TINY
+from helpers.hydra_compose import SMALL, compose_config
+from helpers.run_checkpoints import evaluate, write_checkpoint
+from helpers.synthetic_trees import sysu_tree
 
 from tskd.checkpoints.loading import load_checkpoint
 from tskd.checkpoints.saving import AtomicCheckpointIO
@@ -119,6 +121,7 @@ def test_non_finite_first_state_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.e2e
 def test_training_step_that_poisons_the_weights_keeps_the_good_checkpoint(tmp_path):
     # The last step of epoch 1 turns the weights into NaN after a finite loss (a callback does
     # it, tests/helpers/nan_poison.py); the epoch-end save must refuse and name the good file.

@@ -10,8 +10,8 @@ import urllib.error
 
 import pytest
 import torch
+from helpers.hydra_compose import SMALL, compose_config
 from omegaconf import OmegaConf, open_dict
-from test_eval_from_checkpoint import SMALL, compose_config
 
 from tskd.config import validate
 from tskd.core.errors import CheckpointError, ConfigError

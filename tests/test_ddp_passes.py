@@ -14,9 +14,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
-from conftest import TINY, run_entry
 from helpers import configs
+from helpers.entry_runs import TINY, run_entry
 from torch.utils.data import DataLoader
 
 from tskd.checkpoints.loading import build_module
@@ -25,6 +26,8 @@ from tskd.data.datasets import AugmentedPassSet
 from tskd.data.samplers import CrossModalityIdentitySampler, FreshDrawBatches
 from tskd.losses import PrototypeBank, gmm_confidence, visible_view_confidences
 from tskd.models.epoch_passes import accumulate_prototypes, augmented_losses
+
+pytestmark = pytest.mark.e2e  # each test here starts train.py, eval.py, an app or another process
 
 HERE = Path(__file__).resolve().parent
 EPOCH = 1  # the stage-I epoch: ce_only_epochs=1, max_epochs=2

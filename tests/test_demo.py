@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_entry
+from helpers.entry_runs import run_entry
+
+pytestmark = pytest.mark.e2e  # each test here starts train.py, eval.py, an app or another process
 
 
 @pytest.mark.slow
@@ -18,8 +20,8 @@ def test_demo_learns_far_above_chance(tmp_path):
     assert metrics["mode"] == "all" and metrics["feature"] == "fc" and len(metrics["trials"]) == 10
     test_ids = (tmp_path / "data" / "synthetic_sysu" / "exp" / "test_id.txt").read_text()
     chance = 100.0 / len(test_ids.split(","))  # rank-1 of a random ranking: 1 / gallery ids
-    # README: 36.4% rank-1 / 41.2% mAP on the development machine (deterministic on CPU); the
-    # bound leaves room for other CPUs' floating-point differences but not for a model that
-    # does not learn (chance: ~4.2% rank-1, ~11% mAP).
+    # docs/training.md: 36.4% rank-1 / 41.2% mAP on the development machine (deterministic on
+    # CPU); the bound leaves room for other CPUs' floating-point differences but not for a model
+    # that does not learn (chance: ~4.2% rank-1, ~11% mAP).
     assert metrics["mean"]["rank1"] > 5 * chance, metrics["mean"]
     assert metrics["mean"]["mAP"] > 25.0, metrics["mean"]

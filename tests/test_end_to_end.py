@@ -6,7 +6,9 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, run_entry
+from helpers.entry_runs import TINY, run_entry
+
+pytestmark = pytest.mark.e2e  # each test here starts train.py, eval.py, an app or another process
 
 METRIC_KEYS = {"trial", "rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}
 

@@ -3,7 +3,7 @@ composed by Hydra).
 
 The checkpoints here are written the way train.py writes them (the module's hyper-parameters,
 the whole run config, the ``tskd`` metadata) but untrained, on tiny synthetic trees, so each
-test runs in seconds. :func:`write_checkpoint` is shared with the resume tests.
+test runs in seconds (:mod:`helpers.run_checkpoints`).
 """
 
 from __future__ import annotations
@@ -14,59 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers.hydra_compose import SMALL, compose_config
+from helpers.run_checkpoints import evaluate, write_checkpoint
+from helpers.synthetic_trees import regdb_tree, sysu_tree
 
 from tskd.core.errors import CheckpointError, ConfigError, DatasetError
-from tskd.data import regdb, sysu
-from tskd.data.synthetic import make_regdb, make_sysu
-
-REPO = Path(__file__).resolve().parents[1]
-SMALL = ["model.backbone=resnet18", "model.pretrained=false", "dataset.img_h=64",
-         "dataset.img_w=32", "data.num_workers=0", "data.test_batch_size=64"]
-
-
-def compose_config(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return compose(name, overrides=overrides)
-
-
-def sysu_tree(root: Path, num_train: int = 6) -> Path:
-    return make_sysu(root, seed=5, num_train=num_train, num_val=2, num_test=5, images_per_cam=2,
-                     size=(96, 48))
-
-
-def regdb_tree(root: Path) -> Path:
-    return make_regdb(root, seed=2, num_ids=8, images_per_modality=2, size=(96, 48))
-
-
-def write_checkpoint(path: Path, overrides: list[str]) -> Path:
-    """A tskd checkpoint of an untrained model for the train config of ``overrides``."""
-    from tskd.config import validate
-    from tskd.models.tskd_module import TSKDModule
-    from tskd.runner.run import _plain
-
-    cfg = compose_config("train", [*overrides, f"paths.output_dir={path.parent / 'run'}"])
-    c = validate(cfg)
-    d = c.dataset
-    vis, ir = (sysu.train_set(d.root) if d.name == "sysu" else regdb.train_set(d.root, d.trial))
-    torch.manual_seed(0)
-    m = TSKDModule(
-        num_classes=max(r[1] for r in vis) + 1, num_visible=len(vis), num_infrared=len(ir),
-        dataset=d, model=c.model, loss=c.loss, optim=c.optim, eval=c.eval, config=_plain(cfg),
-    )
-    meta: dict = {}
-    m.on_save_checkpoint(meta)
-    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams), **meta}, path)
-    return path
-
-
-def evaluate(ckpt: Path, out: Path, *keys: str) -> dict:
-    """tskd.runner.run.evaluate_checkpoint as eval.py calls it, with only ``keys`` on the
-    command line."""
-    from tskd.runner.run import evaluate_checkpoint
-
-    overrides = [f"ckpt={ckpt}", "data.num_workers=0", f"paths.output_dir={out}", *keys]
-    return evaluate_checkpoint(compose_config("eval", overrides), overrides)
 
 
 def caches(root: Path) -> list[str]:

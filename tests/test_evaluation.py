@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.toy_protocols import make_protocol, regdb_protocol, sysu_protocol
 
 from tskd.core.errors import InputError
 from tskd.data import protocol as proto
@@ -21,39 +21,6 @@ from tskd.metrics.search import FEATURES, search_features, summarize
 from tskd.runner.metrics_file import format_table, write_metrics_json
 
 H, W = 8, 4
-
-
-def sysu_protocol(num_ids: int = 6, trials: int = 10, shots: int = 3):
-    """SYSU-shaped: IR queries; ``shots`` candidates per (id, visible cam); 10 trials x 2 modes."""
-    rng = np.random.default_rng(0)
-    recs = [(pid, cam, INFRARED) for pid in range(num_ids) for cam in (3, 6)
-            for _ in range(rng.integers(1, 4))]
-    nq, cand = len(recs), {}
-    for pid in range(num_ids):
-        for cam in (1, 2, 4, 5):
-            cand[(pid, cam)] = list(range(len(recs), len(recs) + shots))
-            recs += [(pid, cam, VISIBLE)] * shots
-    searches = []
-    for mode, cams in (("all", (1, 2, 4, 5)), ("indoor", (1, 2))):
-        for t in range(trials):
-            r = random.Random(t)
-            gallery = [r.choice(cand[(pid, cam)]) for pid in range(num_ids) for cam in cams]
-            searches.append(Search(mode, t, np.arange(nq), np.array(gallery)))
-    return make(proto.TestProtocol, "sysu", recs, searches)
-
-
-def regdb_protocol(num_ids: int = 5, per_id: int = 3):
-    recs = [(pid, 1, VISIBLE) for pid in range(num_ids) for _ in range(per_id)]
-    recs += [(pid, 2, INFRARED) for pid in range(num_ids) for _ in range(per_id)]
-    n = num_ids * per_id
-    vis, th = np.arange(n), np.arange(n, 2 * n)
-    searches = [Search("visible2thermal", 4, vis, th), Search("thermal2visible", 4, th, vis)]
-    return make(proto.TestProtocol, "regdb", recs, searches)
-
-
-def make(cls, dataset, recs, searches):
-    return cls(dataset, [f"img{i}.png" for i in range(len(recs))], np.array([r[0] for r in recs]),
-               np.array([r[1] for r in recs]), np.array([r[2] for r in recs]), searches)
 
 
 def images_for(protocol) -> np.ndarray:
@@ -217,7 +184,7 @@ def test_llcm_table_widens_the_setting_column_and_footnotes_deens_visible2infrar
     recs += [(pid, cam, VISIBLE) for pid in range(4) for cam in (1, 2, 3)]
     ir, vis = np.arange(8), np.arange(8, len(recs))
     searches = [Search("infrared2visible", 0, ir, vis), Search("visible2infrared", 0, ir, vis)]
-    protocol = make(proto.TestProtocol, "llcm", recs, searches)
+    protocol = make_protocol(proto.TestProtocol, "llcm", recs, searches)
     feats = embed_protocol(Counting(protocol), images_for(protocol), protocol)
     summaries = summarize(search_features(feats, protocol), protocol)
     assert [(s["mode"], s["direction"]) for s in summaries[::2]] == [

@@ -11,8 +11,8 @@ import onnx  # dev extra: a missing install must fail here, not skip
 import onnxruntime as ort
 import pytest
 import torch
+from helpers.tiny_checkpoint import IMG_SIZE, make_non_finite_checkpoint
 from onnx import numpy_helper
-from tiny_model import IMG_SIZE, make_non_finite_checkpoint
 
 from tskd.apps import export
 from tskd.apps.export import check_onnx, export_onnx, main

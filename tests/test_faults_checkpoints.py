@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from helpers.entry_runs import TINY
 from hydra import compose, initialize_config_dir
 
 from tskd.checkpoints import saving

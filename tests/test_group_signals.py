@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY
-from test_eval_from_checkpoint import sysu_tree
+from helpers.entry_runs import REPO, TINY
+from helpers.synthetic_trees import sysu_tree
+
+pytestmark = pytest.mark.e2e  # each test here starts train.py, eval.py, an app or another process
 
 DEADLINE = 600  # seconds any one wait may take on a loaded machine before the test gives up
 # TINY with loader workers and full epochs (no limit_train_batches)

@@ -1,8 +1,8 @@
 """The embedding API (tskd.features.images) and the folder CLI (python -m tskd.apps.embed).
 
 A tiny untrained resnet18 checkpoint (random BatchNorm statistics so every layer matters) and a
-small synthetic SYSU-layout dataset stand in for a trained model (tests/tiny_model.py, the
-session fixture ``tiny`` shared with the export and visualiser tests).
+small synthetic SYSU-layout dataset stand in for a trained model (helpers/tiny_checkpoint.py,
+the session fixture ``tiny`` shared with the export and visualiser tests).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 from helpers import configs
+from helpers.tiny_checkpoint import IMG_SIZE, SOURCE_SIZE, make_non_finite_checkpoint
 from PIL import Image
-from tiny_model import IMG_SIZE, SOURCE_SIZE, make_non_finite_checkpoint
 
 from tskd.core.errors import CheckpointError, DatasetError, InputError
 from tskd.data.datamodule import ReIDDataModule

@@ -1,4 +1,5 @@
-"""What happens when a run is stopped, killed mid-save, or started alongside another one.
+"""What happens when a run is stopped, killed mid-save, or started alongside another one
+(docs/operations.md).
 
 * SIGTERM to train.py (or to a sweep) stops it with exit status 143, ``status.json`` says
   "interrupted", and a sweep's summary lists the jobs it never started as "not run".
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY
+from helpers.entry_runs import REPO, TINY
 
 from tskd.checkpoints.loading import load_checkpoint
 from tskd.checkpoints.saving import AtomicCheckpointIO, write_checkpoint
@@ -130,6 +131,7 @@ write_checkpoint(make(2), path)
 '''
 
 
+@pytest.mark.e2e
 def test_sigkill_during_save_leaves_a_loadable_checkpoint(tmp_path):
     last, marker = tmp_path / "last.ckpt", tmp_path / "half_written"
     (tmp_path / "saver.py").write_text(SLOW_SAVER)
@@ -170,6 +172,7 @@ def test_unreadable_last_checkpoint_names_the_previous_copy(tmp_path):
 # --- signals ------------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_sigterm_stops_training_with_143_and_keeps_both_checkpoints(tmp_path, data_dir):
     run = tmp_path / "run"
     proc = _start([str(REPO / "train.py"), "experiment=synthetic", *TINY, "logger=none",
@@ -188,6 +191,7 @@ def test_sigterm_stops_training_with_143_and_keeps_both_checkpoints(tmp_path, da
     assert not list(run.rglob("*.partial"))
 
 
+@pytest.mark.e2e
 def test_sigterm_stops_a_sweep_and_the_summary_lists_jobs_not_run(tmp_path, data_dir):
     logs = tmp_path / "logs"
     proc = _start([str(REPO / "train.py"), "-m", "dataset=synthetic_regdb",
@@ -237,6 +241,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 '''
 
 
+@pytest.mark.e2e
 def test_two_runs_started_in_the_same_second_get_their_own_dirs(tmp_path, data_dir):
     # Both processes read the same clock second (frozen), run at the same time, and must still
     # write into separate run dirs, each holding its own config.

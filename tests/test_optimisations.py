@@ -1,26 +1,22 @@
 """Issue 12's optimisations change no result: the same batches, bit-identical losses.
 
-The old forms are the copies kept in ``benchmarks/before_issue12.py``; this checks the new code
-against them and that the losses read device values once per call (one GPU synchronisation).
+The old forms are the copies kept in ``tests/helpers/before_issue12.py`` (the benchmark
+``benchmarks/optimisations.py`` measures them from there); this checks the new code against
+them and that the losses read device values once per call (one GPU synchronisation).
 """
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
-from conftest import REPO, run_entry
+from helpers import before_issue12 as old
+from helpers import configs
+from helpers.entry_runs import run_entry
+from helpers.loss_equivalence import host_reads, identical, loss_inputs
 
-sys.path.insert(0, str(REPO))
-
-from helpers import configs  # noqa: E402
-
-from benchmarks import before_issue12 as old  # noqa: E402
-from benchmarks.optimisations import host_reads, identical, loss_inputs  # noqa: E402
-from tskd.data.datamodule import ReIDDataModule  # noqa: E402
-from tskd.data.synthetic import make_sysu  # noqa: E402
-from tskd.losses import BatchHardTriplet, MutualDistillationLoss  # noqa: E402
+from tskd.data.datamodule import ReIDDataModule
+from tskd.data.synthetic import make_sysu
+from tskd.losses import BatchHardTriplet, MutualDistillationLoss
 
 LOSSES = ["triplet", "self-mimic", "MD", "triplet per modality"]
 
@@ -105,6 +101,7 @@ def test_irregular_batches_match_the_old_code_too():
                        old.OldMutualDistillation()(*fs, md_labels))
 
 
+@pytest.mark.e2e
 def test_optimisations_benchmark_dry_run(tmp_path):
     out = tmp_path / "opt.txt"
     proc = run_entry("benchmarks/optimisations.py",

@@ -15,6 +15,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the copy pip vendors
@@ -65,6 +67,7 @@ CHECK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.e2e  # pip and python subprocesses
 def test_an_installed_wheel_finds_its_own_configs(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

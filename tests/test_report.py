@@ -141,6 +141,7 @@ def test_partial_sweep_in_process_and_files_written(tmp_path, capsys):
     assert write_summary(root) == root / "summary.json"
 
 
+@pytest.mark.e2e
 def test_cli_subprocess_on_partial_sweep(tmp_path):
     root = tmp_path / "partial"
     _run(root, "0", ["dataset.trial=1"], _regdb_metrics(1, 80, 70, 78, 60))
@@ -262,6 +263,7 @@ def app_dir(tmp_path):
     return tmp_path
 
 
+@pytest.mark.e2e
 def test_hydra_multirun_callback_writes_summary_and_logs_table(app_dir):
     proc, sweep_dir = _hydra_sweep(app_dir, "ok_sweep", "1,3")
     assert proc.returncode == 0, proc.stderr
@@ -272,6 +274,7 @@ def test_hydra_multirun_callback_writes_summary_and_logs_table(app_dir):
     assert (sweep_dir / "summary.txt").read_text().startswith("setting")
 
 
+@pytest.mark.e2e
 def test_hydra_sweep_with_raising_job_still_summarised(app_dir):
     # Hydra runs the remaining jobs, then re-raises (exit 1) and skips on_multirun_end; the
     # summary must still list the failure and the later job.
@@ -288,6 +291,7 @@ def test_hydra_sweep_with_raising_job_still_summarised(app_dir):
     assert json.loads((sweep_dir / "1" / "status.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.e2e
 def test_hydra_sweep_killed_mid_way_and_single_run(app_dir):
     # Killed during the third job: the summary written after the second job survives, and
     # tskd.apps.report afterwards shows the killed run as incomplete.
@@ -364,6 +368,7 @@ if __name__ == "__main__":
 '''
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
 def test_hydra_sweep_stopped_by_a_signal(tmp_path, sig, code):
     # A signal during the second of three jobs: exit 128+signal, that job "interrupted" with the

@@ -1,7 +1,7 @@
 """Resuming (``train.py ... ckpt=last.ckpt``) is refused under other settings, before data work.
 
 tskd.runner.run.train runs in-process on configs composed by Hydra; the checkpoints are written as
-train.py writes them (see tests/test_eval_from_checkpoint.py). Every refusal must come before
+train.py writes them (tests/helpers/run_checkpoints.py). Every refusal must come before
 a cache is built, so each test also checks that the dataset folder gained no ``tskd_cache``.
 """
 
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_eval_from_checkpoint import SMALL, compose_config, regdb_tree, sysu_tree, write_checkpoint
+from helpers.hydra_compose import SMALL, compose_config
+from helpers.run_checkpoints import write_checkpoint
+from helpers.synthetic_trees import regdb_tree, sysu_tree
 
 from tskd.checkpoints.loading import load_checkpoint
 from tskd.checkpoints.resume import check_resume

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers.entry_runs import REPO
 
 from tskd.core.errors import ConfigError
 from tskd.runner.run_dir import LOCK_FILE, claim, release
@@ -45,6 +45,7 @@ def _contents(folder: Path) -> dict[str, bytes]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script", ["train.py", "eval.py"])
 def test_run_dir_that_holds_a_run_is_refused(tmp_path, script):
     run = tmp_path / "run"
@@ -57,6 +58,7 @@ def test_run_dir_that_holds_a_run_is_refused(tmp_path, script):
     assert _contents(run) == before  # no log, no status.json, no config written over it
 
 
+@pytest.mark.e2e
 def test_run_dir_being_written_by_a_live_run_is_refused(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -73,6 +75,7 @@ def test_run_dir_being_written_by_a_live_run_is_refused(tmp_path):
     assert _contents(run) == before
 
 
+@pytest.mark.e2e
 def test_lock_of_a_dead_process_does_not_block_an_empty_dir(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -87,6 +90,7 @@ def test_lock_of_a_dead_process_does_not_block_an_empty_dir(tmp_path):
     assert not (run / LOCK_FILE).exists()  # released when the process ended
 
 
+@pytest.mark.e2e
 def test_two_runs_started_together_on_one_dir_one_is_refused(tmp_path):
     run = tmp_path / "run"
     args = [[sys.executable, str(REPO / "eval.py"), f"ckpt={tmp_path / 'missing.ckpt'}",
@@ -99,6 +103,7 @@ def test_two_runs_started_together_on_one_dir_one_is_refused(tmp_path):
     assert len(refused) == 1 and len(ran) == 1, errs  # whichever came first, only one ran
 
 
+@pytest.mark.e2e
 def test_only_a_training_resume_may_use_its_own_run_dir(tmp_path):
     run = tmp_path / "run"
     before = _finished_run(run)
@@ -111,6 +116,7 @@ def test_only_a_training_resume_may_use_its_own_run_dir(tmp_path):
     assert json.loads((run / "status.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.e2e
 def test_default_run_dir_is_claimed_where_hydra_writes(tmp_path):
     logs = tmp_path / "logs"
     proc = subprocess.run([sys.executable, str(REPO / "eval.py"),

@@ -17,7 +17,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY, run_entry
+from helpers.entry_runs import REPO, TINY, run_entry
+
+pytestmark = pytest.mark.e2e  # each test here starts train.py, eval.py, an app or another process
 
 FAST = [a for a in TINY if not a.startswith("logger=")]
 STAMP = re.compile(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+-[0-9a-f]{4}")  # <time>_<pid>-<random>

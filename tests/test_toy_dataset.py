@@ -11,8 +11,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY
-from test_eval_from_checkpoint import compose_config
+from helpers.entry_runs import TINY
+from helpers.hydra_compose import compose_config
 
 from tskd.data import registry, sysu
 from tskd.data.protocol import INFRARED, VISIBLE, DatasetProtocol, Search

@@ -7,9 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_entry
+from helpers.entry_runs import REPO, run_entry
 from PIL import Image
-from tiny_model import REPO
 
 from tskd.apps.visualize import (
     BORDER,
@@ -138,6 +137,7 @@ def _app_args(tiny, run_dir, *extra):
             f"hydra.run.dir={run_dir}", *extra]
 
 
+@pytest.mark.e2e
 def test_app_writes_worst_queries_grid(tiny, tmp_path):
     run = tmp_path / "run"
     run_entry("-m tskd.apps.visualize", _app_args(tiny, run, "vis.num_queries=3", "vis.topk=4"),
@@ -163,6 +163,7 @@ def test_app_writes_worst_queries_grid(tiny, tmp_path):
             assert img.getpixel((x + 1, y + 1)) == (GREEN if res["correct"] else RED)
 
 
+@pytest.mark.e2e
 def test_app_chosen_queries_scaled_indoor(tiny, tmp_path):
     run = tmp_path / "run"
     run_entry("-m tskd.apps.visualize", _app_args(tiny, run, "mode=indoor", "vis.queries=[0,2]",

@@ -293,6 +293,7 @@ def _temp(folder, target, host, pid, age_s=0.0):
     return path
 
 
+@pytest.mark.e2e
 def test_stale_temporaries_removed_live_and_foreign_ones_kept(images, tmp_path, caplog):
     cfile = tmp_path / "c.npy"
     here, dead, old = cache._host(), _dead_pid(), cache.STALE_TEMP_AGE_S + 60

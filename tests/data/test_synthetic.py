@@ -258,6 +258,7 @@ def _files_and_bytes(root):
             if not f.startswith(".tskd_synthetic")}
 
 
+@pytest.mark.e2e
 def test_second_process_waits_for_the_first_instead_of_deleting_its_tree(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     events = {name: ctx.Event() for name in ("started", "release", "waiting")}
@@ -287,6 +288,7 @@ def test_second_process_waits_for_the_first_instead_of_deleting_its_tree(tmp_pat
     assert json.loads((tmp_path / "shared" / synthetic.MARKER).read_text())["complete"] is True
 
 
+@pytest.mark.e2e
 def test_processes_started_together_generate_once(tmp_path):
     ctx = multiprocessing.get_context("spawn")
     events = {"barrier": ctx.Barrier(3)}
@@ -306,6 +308,7 @@ def test_processes_started_together_generate_once(tmp_path):
     assert _files_and_bytes(root) == _files_and_bytes(reference)
 
 
+@pytest.mark.e2e
 def test_a_dead_generator_leaves_no_lock_behind(tmp_path):
     # The lock is the OS's: a run killed mid-generation (incomplete marker) does not block the
     # next one, which rebuilds the tree.

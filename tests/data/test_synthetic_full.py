@@ -43,6 +43,7 @@ def _committed_generator(tmp_path: Path):
     return module
 
 
+@pytest.mark.e2e
 def test_small_default_is_byte_identical_to_before(tmp_path):
     old = _committed_generator(tmp_path)
     old.ensure_synthetic(tmp_path / "old", "sysu", seed=0)

@@ -3,8 +3,8 @@
 import math
 
 import pytest
-import references as ref
 import torch
+from helpers import loss_references as ref
 
 from tskd.losses import MutualDistillationLoss, md_direction, multi_kernel_mmd2
 

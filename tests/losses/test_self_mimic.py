@@ -1,8 +1,8 @@
 """Prototype bank arithmetic (count/weight norms, cross-rank reduce, unseen slots) and SM."""
 
 import pytest
-import references
 import torch
+from helpers import loss_references as references
 
 from tskd.losses import PrototypeBank, SelfMimicLoss
 

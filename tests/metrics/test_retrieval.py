@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_evaluation import sysu_protocol as toy_sysu_protocol  # noqa: E402  (tests/ on sys.path)
+from helpers.toy_protocols import sysu_protocol as toy_sysu_protocol
 from torch.utils.data import DistributedSampler
 
 from tskd.core.errors import InputError
@@ -104,6 +104,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.e2e
 def test_two_gloo_processes_give_exactly_the_single_process_result(tmp_path):
     assert len(sysu_protocol().needed()) % 2 == 1  # an uneven split: the sampler pads
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_evaluation import sysu_protocol  # noqa: E402  (tests/ on sys.path)
+from helpers.toy_protocols import sysu_protocol
 
 from tskd.metrics.search import search_features, summarize
 from tskd.models.protocol_evaluation import ProtocolEvaluation

@@ -6,9 +6,9 @@ import contextlib
 from types import SimpleNamespace
 
 import pytest
-import references as ref
 import torch
 from helpers import configs
+from helpers import loss_references as ref
 from torch.utils.data import DataLoader, TensorDataset
 
 from tskd.config import LossConfig, OptimConfig

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_entry
+from helpers.entry_runs import TINY, run_entry
+
+pytestmark = pytest.mark.e2e  # each test here starts train.py, eval.py, an app or another process
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 NOISY = ["supervision=noisy", "supervision.label_noise=0.2", "trainer.max_epochs=2"]
@@ -126,6 +128,18 @@ def test_weak_run_writes_split_and_pseudo_labels(weak_run):
     assert len(rows) == 2  # the two main epochs (pre-training has no confidences)
     assert 0 <= rows[0]["weak/visible_pseudo_accuracy"] <= 1
     assert rows[1]["weak/infrared_changed"] >= 0
+
+
+def test_weak_run_without_confidences_still_logs_pseudo_label_quality(tmp_path, data_dir):
+    """loss=baseline has no GMM confidences: the pseudo-label diagnostics are logged anyway,
+    without the ``mean_w`` values (which need w)."""
+    run = _train(tmp_path / "run", data_dir, *WEAK, "loss=baseline")
+    rows = _epoch_rows(run, "weak/")
+    assert len(rows) == 2  # both epochs after the first pseudo-labels
+    for row in rows:
+        assert 0 <= row["weak/visible_pseudo_accuracy"] <= 1
+        assert row["weak/infrared_ids_present"] >= 1
+        assert not any("mean_w" in k for k in row)
 
 
 def test_true_labels_never_reach_weak_training(weak_run, tmp_path, data_dir):

@@ -5,8 +5,8 @@ A :class:`~tskd.data.protocol.TestProtocol` lists every test image and the searc
 both directions). Each search only indexes the feature matrix, so ten trials cost one feature
 pass. Each search is scored by its dataset's metric (``DatasetProtocol.metric``, a rule of
 :mod:`tskd.metrics.functional`). Results are reported per (setting, feature) as mean and std
-over the trials, in percent, in the metrics.json schema of the README. Standard deviations are
-population values (ddof=0): the trials are the whole set.
+over the trials, in percent, in the metrics.json schema of docs/evaluation.md. Standard
+deviations are population values (ddof=0): the trials are the whole set.
 """
 
 from __future__ import annotations

@@ -8,11 +8,13 @@ the split, not the truth).
 - Fit start (rank 0): the draw in the run dir, ``supervision/``: the noise draw in DART's
   eight-array format (``noise_*``), or the weak split (``split_*``); the realised noise rate
   per modality is logged.
-- Every epoch with confidences (after :class:`~tskd.models.epoch_passes.ConfidencePass`):
-  noisy, per view: share of clean samples with w > 0.5, of noisy ones with w < 0.5, AUC of w
-  for clean vs noisy, each group's mean w (``noise/<view>_<key>``); weak, per modality:
-  pseudo-label accuracy, share changed since the last epoch, identities present, mean w of
-  right and wrong pseudo-labels (``weak/<modality>_<key>``).
+- Every epoch with confidences (after :class:`~tskd.models.epoch_passes.ConfidencePass`),
+  and for weak runs every epoch after the first pseudo-labels (without the ``w`` values when
+  there are no confidences, e.g. ``loss=baseline``). Noisy, per view: share of clean samples
+  with w > 0.5, of noisy ones with w < 0.5, AUC of w for clean vs noisy, each group's mean w
+  (``noise/<view>_<key>``); weak, per modality: pseudo-label accuracy, share changed since the
+  last epoch, identities present, mean w of right and wrong pseudo-labels
+  (``weak/<modality>_<key>``).
 - The figure: per-sample loss histograms split by group (clean/noisy, right/wrong) with the
   fitted two-component mixture over them, for the last epoch with confidences
   (``loss_histogram.png``) and every epoch in ``supervision.plot_epochs``
@@ -106,13 +108,20 @@ class SupervisionMonitor(pl.Callback):
 
     # ----------------------------------------------------------------------- per epoch
     def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if module.stage in CE_ONLY_STAGES or self.confidence_pass.last_losses is None:
+        has_w = (module.stage not in CE_ONLY_STAGES
+                 and self.confidence_pass.last_losses is not None)
+        # weak: pseudo-label quality is worth logging with or without confidences (a
+        # loss=baseline run has none), from the first refresh on
+        pseudo = self.labels.mode == "weak" and self.labels.pseudo_epoch is not None
+        if not (has_w or pseudo):
             return
-        if self.labelled_weight_one and self.labels.split is not None:
+        if has_w and self.labelled_weight_one and self.labels.split is not None:
             self._force_labelled_confidence(module)
-        values = self.diagnostics(module)
+        values = self.diagnostics(module if has_w else None)
         for name, value in values.items():
             module.log(name, float(value), on_step=False, on_epoch=True, sync_dist=True)
+        if not has_w:
+            return
         epoch = module.current_epoch
         self._last_epoch = epoch
         # weak labels change at the epoch's end: the figure groups by the labels w was fit on
@@ -128,10 +137,14 @@ class SupervisionMonitor(pl.Callback):
                                                   split.infrared_labelled)):
             buf[torch.as_tensor(rows, device=buf.device)] = 1.0
 
-    def diagnostics(self, module: pl.LightningModule) -> dict[str, float]:
-        """This epoch's values (module docstring), keyed as they are logged."""
+    def diagnostics(self, module: pl.LightningModule | None) -> dict[str, float]:
+        """This epoch's values (module docstring), keyed as they are logged.
+
+        ``module`` None: no confidences yet (weak only: the values without ``w``).
+        """
         labels, truth = self.labels, self.labels.truth
-        w = [c.detach().cpu().numpy() for c in module.confidences]
+        w = ([c.detach().cpu().numpy() for c in module.confidences] if module is not None
+             else [None, None, None])
         current = (labels.visible, labels.visible, labels.infrared)
         true = (truth.visible, truth.visible, truth.infrared)
         out = {}

@@ -15,7 +15,6 @@ from helpers import configs
 from tskd.data import sysu
 from tskd.data.synthetic import make_sysu
 
-REPO = Path(__file__).resolve().parents[1]
 IMG_SIZE = (64, 32)  # model input; the files are 96x48, so every path is really resized
 SOURCE_SIZE = (96, 48)
 
@@ -52,8 +51,6 @@ def make_checkpoint(path: Path, data_root: Path) -> Path:
     m.on_save_checkpoint(meta)
     torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams), **meta}, path)
     return path
-
-
 
 
 def make_non_finite_checkpoint(src: Path, dst: Path) -> Path:

@@ -1,8 +1,9 @@
 """The code paths issue 12's optimisations replaced, kept here only to measure against.
 
 Each is a copy of the project's code before the change (commit 0e862d2), reduced to what
-:mod:`benchmarks.optimisations` and ``tests/test_optimisations.py`` need to run the old and the
-new form side by side on the same input:
+``benchmarks/optimisations.py`` and ``tests/test_optimisations.py`` need to run the old and the
+new form side by side on the same input (it lives with the test helpers: a benchmark may import
+a test helper, a test never imports a benchmark):
 
 - the three losses with their host synchronisations (``int(valid.sum())``, boolean-mask
   selections, ``torch.unique`` on the device and values read from its output, four range reads
